@@ -1,0 +1,410 @@
+//! PURE: what the reconciler writes. The ConfigMap, the Deployment annotation
+//! patch, whether to roll now, and the status.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::Resource;
+use lbpool_crds::{BackendStatus, LoadBalancerPool, LoadBalancerPoolStatus, MAX_STATUS_BACKENDS};
+use serde_json::json;
+
+use crate::conditions::{self, Desired, kind, reason};
+use crate::model::{InvalidPool, Model};
+use crate::render::{RenderedConfig, revision};
+
+/// The field manager of every write: one owner for everything lbpool sets.
+pub const MANAGER: &str = "lbpool-controller";
+/// Pod-template annotation of the HAProxy Deployment, and annotation of the ConfigMap.
+pub const CONFIG_HASH_ANNOTATION: &str = "lbpool.dev/config-hash";
+/// Label on generated ConfigMaps naming their pool.
+pub const POOL_LABEL: &str = "lbpool.dev/pool";
+/// The ConfigMap key HAProxy reads.
+pub const CONFIG_KEY: &str = "haproxy.cfg";
+
+/// The ConfigMap holding the pool's haproxy.cfg, owned by the pool so that
+/// deleting the pool garbage-collects it.
+pub fn config_map(pool: &LoadBalancerPool, config: &RenderedConfig) -> ConfigMap {
+    let pool_name = pool.metadata.name.clone().unwrap_or_default();
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(pool.config_map_name()),
+            namespace: pool.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    MANAGER.to_owned(),
+                ),
+                (POOL_LABEL.to_owned(), pool_name),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_owned(),
+                config.hash.clone(),
+            )])),
+            owner_references: pool.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_owned(),
+            config.text.clone(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// A server-side apply patch that sets only the pod-template annotation.
+pub fn deployment_patch(name: &str, hash: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": { "template": { "metadata": { "annotations": { CONFIG_HASH_ANNOTATION: hash } } } }
+    })
+}
+
+/// The hash the Deployment's pods were last rolled for.
+pub fn deployed_hash(deployment: &Deployment) -> Option<&str> {
+    deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether the HAProxy Deployment is rolled in this reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    /// The Deployment already runs this config.
+    UpToDate,
+    /// Patch the annotation now.
+    Now,
+    /// The last rollout was too recent; try again after this long.
+    Wait(Duration),
+}
+
+/// At most one rollout per `min_interval`; a change inside it waits for its end.
+pub fn decide_rollout(
+    deployed: Option<&str>,
+    wanted: &str,
+    last_rollout: Option<Timestamp>,
+    now: Timestamp,
+    min_interval: Duration,
+) -> Rollout {
+    if deployed == Some(wanted) {
+        return Rollout::UpToDate;
+    }
+    let Some(last) = last_rollout else {
+        return Rollout::Now;
+    };
+    // A clock that went backwards counts as "just rolled", never as "long ago".
+    let elapsed = now.duration_since(last).unsigned_abs();
+    let elapsed = if now < last { Duration::ZERO } else { elapsed };
+    match min_interval.checked_sub(elapsed) {
+        Some(left) if !left.is_zero() => Rollout::Wait(left),
+        _ => Rollout::Now,
+    }
+}
+
+/// What happened to the Deployment in this reconcile, for the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeploymentState {
+    Missing,
+    Rolled { at: Timestamp },
+    UpToDate,
+    Pending { wait: Duration },
+}
+
+/// Status of a pool whose config was published.
+pub fn published_status(
+    pool: &LoadBalancerPool,
+    model: &Model,
+    config: &RenderedConfig,
+    deployment: &DeploymentState,
+    now: &Time,
+) -> LoadBalancerPoolStatus {
+    let previous = pool.status.clone().unwrap_or_default();
+    let ready = i32::try_from(model.servers.len()).unwrap_or(i32::MAX);
+    let last_rollout_time = match deployment {
+        DeploymentState::Rolled { at } => Some(Time(*at)),
+        _ => previous.last_rollout_time.clone(),
+    };
+    let deployment_name = &pool.spec.haproxy.deployment;
+    let ready_condition = match deployment {
+        DeploymentState::Missing => Desired::new(
+            kind::READY,
+            false,
+            reason::DEPLOYMENT_NOT_FOUND,
+            format!(
+                "spec.haproxy.deployment: Deployment {deployment_name} not found; the config is published in ConfigMap {}",
+                pool.config_map_name()
+            ),
+        ),
+        _ if ready == 0 => Desired::new(
+            kind::READY,
+            false,
+            reason::NO_READY_BACKENDS,
+            format!(
+                "Service {} has no ready endpoints",
+                pool.spec.backend.service
+            ),
+        ),
+        _ => Desired::new(
+            kind::READY,
+            true,
+            reason::SERVING,
+            format!("{ready} ready backends"),
+        ),
+    };
+    let rollout_condition = match deployment {
+        DeploymentState::Pending { wait } => Desired::new(
+            kind::ROLLOUT_PENDING,
+            true,
+            reason::RATE_LIMITED,
+            format!(
+                "config {} waits {:.1}s for rollout.minInterval {}",
+                config.revision(),
+                wait.as_secs_f64(),
+                pool.spec.rollout.min_interval
+            ),
+        ),
+        _ => Desired::new(kind::ROLLOUT_PENDING, false, reason::UP_TO_DATE, ""),
+    };
+    let desired = [
+        ready_condition,
+        Desired::new(
+            kind::CONFIG_VALID,
+            true,
+            reason::RENDERED,
+            format!("config {} accepted by haproxy -c", config.revision()),
+        ),
+        rollout_condition,
+    ];
+    LoadBalancerPoolStatus {
+        observed_generation: pool.metadata.generation,
+        backends: model
+            .servers
+            .iter()
+            .take(MAX_STATUS_BACKENDS)
+            .map(|s| BackendStatus {
+                name: s.name.clone(),
+                address: s.address.clone(),
+                port: i32::from(s.port),
+                zone: s.zone.clone(),
+            })
+            .collect(),
+        ready_backends: ready,
+        config_map: Some(pool.config_map_name()),
+        config_hash: Some(config.hash.clone()),
+        config_revision: Some(revision(&config.hash).to_owned()),
+        last_rollout_time,
+        conditions: conditions::merge(
+            &previous.conditions,
+            &desired,
+            pool.metadata.generation,
+            now,
+        ),
+    }
+}
+
+/// Status of a pool that cannot be served: what was published before stays
+/// described as it is, the conditions say why nothing new was.
+pub fn invalid_status(
+    pool: &LoadBalancerPool,
+    invalid: &InvalidPool,
+    now: &Time,
+) -> LoadBalancerPoolStatus {
+    let previous = pool.status.clone().unwrap_or_default();
+    let kept = match &previous.config_hash {
+        Some(hash) => format!("; the last good config {} stays published", revision(hash)),
+        None => String::new(),
+    };
+    let desired = [
+        Desired::new(
+            kind::READY,
+            false,
+            reason::CONFIG_INVALID,
+            format!("{}{kept}", invalid.message),
+        ),
+        Desired::new(
+            kind::CONFIG_VALID,
+            false,
+            invalid.reason,
+            invalid.message.clone(),
+        ),
+        Desired::new(kind::ROLLOUT_PENDING, false, reason::UP_TO_DATE, ""),
+    ];
+    LoadBalancerPoolStatus {
+        observed_generation: pool.metadata.generation,
+        conditions: conditions::merge(
+            &previous.conditions,
+            &desired,
+            pool.metadata.generation,
+            now,
+        ),
+        ..previous
+    }
+}
+
+/// The `ConfigValid=False` reason and message of a status, if any.
+pub fn invalid_reason(status: Option<&LoadBalancerPoolStatus>) -> Option<(&str, &str)> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind::CONFIG_VALID && c.status == "False")
+        .map(|c| (c.reason.as_str(), c.message.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{model_with_servers, pool};
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    const FIVE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn same_hash_never_rolls() {
+        assert_eq!(
+            decide_rollout(Some("h"), "h", None, ts(100), FIVE),
+            Rollout::UpToDate
+        );
+        assert_eq!(
+            decide_rollout(Some("h"), "h", Some(ts(99)), ts(100), FIVE),
+            Rollout::UpToDate
+        );
+    }
+
+    #[test]
+    fn first_rollout_is_immediate() {
+        assert_eq!(decide_rollout(None, "h", None, ts(100), FIVE), Rollout::Now);
+        assert_eq!(
+            decide_rollout(Some("old"), "h", None, ts(100), FIVE),
+            Rollout::Now
+        );
+    }
+
+    #[test]
+    fn a_change_inside_the_interval_waits_for_its_end() {
+        assert_eq!(
+            decide_rollout(Some("old"), "h", Some(ts(98)), ts(100), FIVE),
+            Rollout::Wait(Duration::from_secs(3))
+        );
+        assert_eq!(
+            decide_rollout(Some("old"), "h", Some(ts(95)), ts(100), FIVE),
+            Rollout::Now
+        );
+        assert_eq!(
+            decide_rollout(Some("old"), "h", Some(ts(10)), ts(100), FIVE),
+            Rollout::Now
+        );
+    }
+
+    #[test]
+    fn a_clock_behind_the_last_rollout_waits_the_full_interval() {
+        assert_eq!(
+            decide_rollout(Some("old"), "h", Some(ts(200)), ts(100), FIVE),
+            Rollout::Wait(FIVE)
+        );
+    }
+
+    #[test]
+    fn a_burst_of_changes_rolls_at_most_once_per_interval() {
+        // One change every 100 ms for 10 s, each with a new hash.
+        let mut last = None;
+        let mut deployed = String::from("h0");
+        let mut rollouts = 0;
+        for tick in 0..100i64 {
+            let now = Timestamp::from_millisecond(1_000_000 + tick * 100).unwrap();
+            let wanted = format!("h{}", tick + 1);
+            if decide_rollout(Some(&deployed), &wanted, last, now, FIVE) == Rollout::Now {
+                rollouts += 1;
+                last = Some(now);
+                deployed = wanted;
+            }
+        }
+        assert_eq!(rollouts, 2, "10 s of changes with a 5 s interval");
+    }
+
+    #[test]
+    fn config_map_is_owned_by_the_pool_and_carries_the_hash() {
+        let p = pool();
+        let rendered = RenderedConfig {
+            text: "global\n".into(),
+            hash: "sha256:abc".into(),
+        };
+        let cm = config_map(&p, &rendered);
+        assert_eq!(cm.metadata.name.as_deref(), Some("webapp-haproxy"));
+        let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "LoadBalancerPool");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(cm.data.unwrap()[CONFIG_KEY], "global\n");
+        assert_eq!(
+            cm.metadata.annotations.unwrap()[CONFIG_HASH_ANNOTATION],
+            "sha256:abc"
+        );
+    }
+
+    #[test]
+    fn invalid_status_keeps_what_was_published() {
+        let mut p = pool();
+        let now = Time(ts(1000));
+        let rendered = RenderedConfig {
+            text: "x".into(),
+            hash: "sha256:0123456789abcdef".into(),
+        };
+        let good = published_status(
+            &p,
+            &model_with_servers(3),
+            &rendered,
+            &DeploymentState::UpToDate,
+            &now,
+        );
+        p.status = Some(good.clone());
+        let invalid = InvalidPool::new(reason::SERVICE_NOT_FOUND, "Service webapp not found");
+        let bad = invalid_status(&p, &invalid, &now);
+        assert_eq!(bad.backends, good.backends);
+        assert_eq!(bad.config_hash, good.config_hash);
+        assert_eq!(
+            invalid_reason(Some(&bad)),
+            Some((reason::SERVICE_NOT_FOUND, "Service webapp not found"))
+        );
+        let ready = bad
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind::READY)
+            .unwrap();
+        assert!(
+            ready.message.contains("0123456789 stays published"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn status_lists_at_most_the_cap_but_counts_all() {
+        let p = pool();
+        let rendered = RenderedConfig {
+            text: "x".into(),
+            hash: "sha256:00".into(),
+        };
+        let s = published_status(
+            &p,
+            &model_with_servers(MAX_STATUS_BACKENDS + 5),
+            &rendered,
+            &DeploymentState::UpToDate,
+            &Time(ts(0)),
+        );
+        assert_eq!(s.backends.len(), MAX_STATUS_BACKENDS);
+        assert_eq!(s.ready_backends as usize, MAX_STATUS_BACKENDS + 5);
+    }
+}

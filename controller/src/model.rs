@@ -1,0 +1,589 @@
+//! PURE: a pool, its Service and its EndpointSlices in; the backend model out.
+//!
+//! The [`Model`] is everything a template may use, as plain data. Building it
+//! validates every user value for its HAProxy context, so rendering cannot
+//! smuggle a directive into the config. The same inputs in any order give the
+//! same model: servers are deduplicated and sorted by name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolSpec, syntax};
+use serde::Serialize;
+
+use crate::conditions::reason;
+
+/// The data handed to the haproxy.cfg template. Field names are those a
+/// template uses, e.g. `{{#each servers}}server {{name}} {{address}}:{{port}}{{/each}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Model {
+    /// The pool this config belongs to.
+    pub pool: PoolRef,
+    /// HAProxy name of the backend section: `be_<pool name>`.
+    pub backend_name: String,
+    /// The HTTP frontend.
+    pub frontend: Frontend,
+    /// `balance` keyword: roundrobin, leastconn, source, first or random.
+    pub balance: &'static str,
+    /// HTTP health check; `null` means a TCP check.
+    pub health_check: Option<HttpCheck>,
+    /// Sticky-session cookie; `null` means none.
+    pub sticky_session: Option<StickySession>,
+    /// Stats listener; `null` means disabled.
+    pub stats: Option<Stats>,
+    /// Timeouts in HAProxy syntax, e.g. `5s`.
+    pub timeouts: Timeouts,
+    /// Ready backends, sorted by name, names unique.
+    pub servers: Vec<Server>,
+}
+
+/// Name and namespace of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolRef {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// The listening side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frontend {
+    pub port: u16,
+}
+
+/// `option httpchk` settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpCheck {
+    pub method: &'static str,
+    pub path: String,
+    pub interval: String,
+    pub rise: u8,
+    pub fall: u8,
+}
+
+/// Cookie-based stickiness.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StickySession {
+    pub cookie: String,
+}
+
+/// The stats listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub port: u16,
+    pub uri: String,
+    /// Basic auth from the `STATS_USERNAME` / `STATS_PASSWORD` environment variables.
+    pub auth: bool,
+}
+
+/// Timeouts in HAProxy syntax.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    pub connect: String,
+    pub client: String,
+    pub server: String,
+}
+
+/// One `server` line.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Server {
+    /// HAProxy identifier derived from the pod name: unique and stable.
+    pub name: String,
+    /// IPv4 or IPv6 address.
+    pub address: String,
+    pub port: u16,
+    /// Value of the sticky cookie for this server (its name).
+    pub cookie: String,
+    /// Topology zone, when known. Reported in status, not used by the built-in template.
+    pub zone: Option<String>,
+}
+
+/// Why a pool cannot be turned into a config. The last good config stays.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidPool {
+    /// A `ConfigValid=False` reason from [`reason`].
+    pub reason: &'static str,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl InvalidPool {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn spec(field: &str, value: impl std::fmt::Debug, expected: &str) -> Self {
+        Self::new(
+            reason::INVALID_SPEC,
+            format!("spec.{field}: {value:?} is not {expected}"),
+        )
+    }
+}
+
+/// The port the backends listen on, resolved through the Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendPort {
+    /// Name of the Service port, `None` for a single unnamed port. EndpointSlice
+    /// ports carry the same name.
+    pub name: Option<String>,
+}
+
+/// Checks the spec and resolves `spec.backend.port` against the Service.
+pub fn resolve_port(
+    spec: &LoadBalancerPoolSpec,
+    service: &Service,
+) -> Result<BackendPort, InvalidPool> {
+    let svc = &spec.backend.service;
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default();
+    let names = || {
+        ports
+            .iter()
+            .map(|p| match &p.name {
+                Some(n) => format!("{n} ({})", p.port),
+                None => p.port.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let found = match &spec.backend.port {
+        None if ports.len() == 1 => &ports[0],
+        None => {
+            return Err(InvalidPool::new(
+                reason::PORT_NOT_FOUND,
+                format!(
+                    "spec.backend.port is required: Service {svc} has {} ports ({})",
+                    ports.len(),
+                    names()
+                ),
+            ));
+        }
+        Some(wanted) => ports
+            .iter()
+            .find(|p| match wanted {
+                IntOrString::Int(n) => p.port == *n,
+                IntOrString::String(s) => p.name.as_deref() == Some(s.as_str()),
+            })
+            .ok_or_else(|| {
+                let wanted = match wanted {
+                    IntOrString::Int(n) => n.to_string(),
+                    IntOrString::String(s) => format!("{s:?}"),
+                };
+                InvalidPool::new(
+                    reason::PORT_NOT_FOUND,
+                    format!(
+                        "spec.backend.port: Service {svc} has no port {wanted}; it has: {}",
+                        names()
+                    ),
+                )
+            })?,
+    };
+    Ok(BackendPort {
+        name: found.name.clone().filter(|n| !n.is_empty()),
+    })
+}
+
+/// Builds the model. `slices` are the EndpointSlices of the pool's Service.
+pub fn build(
+    pool: &LoadBalancerPool,
+    port: &BackendPort,
+    slices: &[EndpointSlice],
+) -> Result<Model, InvalidPool> {
+    let spec = &pool.spec;
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    let namespace = pool.metadata.namespace.clone().unwrap_or_default();
+
+    let health_check = spec
+        .health_check
+        .as_ref()
+        .map(|hc| {
+            Ok::<_, InvalidPool>(HttpCheck {
+                method: hc.method.as_str(),
+                path: checked(
+                    &hc.path,
+                    "healthCheck.path",
+                    syntax::is_http_path,
+                    "an HTTP path",
+                )?,
+                interval: duration(&hc.interval, "healthCheck.interval")?,
+                rise: small(hc.rise, "healthCheck.rise")?,
+                fall: small(hc.fall, "healthCheck.fall")?,
+            })
+        })
+        .transpose()?;
+    let sticky_session = spec
+        .sticky_session
+        .as_ref()
+        .map(|s| {
+            checked(
+                &s.cookie,
+                "stickySession.cookie",
+                syntax::is_cookie_name,
+                "a cookie name",
+            )
+            .map(|cookie| StickySession { cookie })
+        })
+        .transpose()?;
+    let frontend = Frontend {
+        port: tcp_port(spec.frontend.port, "frontend.port")?,
+    };
+    let stats = spec
+        .stats
+        .as_ref()
+        .map(|s| {
+            let port = tcp_port(s.port, "stats.port")?;
+            if port == frontend.port {
+                return Err(InvalidPool::spec(
+                    "stats.port",
+                    port,
+                    "different from frontend.port",
+                ));
+            }
+            Ok(Stats {
+                port,
+                uri: checked(&s.uri, "stats.uri", syntax::is_http_path, "an HTTP path")?,
+                auth: s.auth_secret.is_some(),
+            })
+        })
+        .transpose()?;
+    let timeouts = Timeouts {
+        connect: duration(&spec.timeouts.connect, "timeouts.connect")?,
+        client: duration(&spec.timeouts.client, "timeouts.client")?,
+        server: duration(&spec.timeouts.server, "timeouts.server")?,
+    };
+
+    Ok(Model {
+        backend_name: format!("be_{name}"),
+        pool: PoolRef { name, namespace },
+        frontend,
+        balance: spec.balance.keyword(),
+        health_check,
+        sticky_session,
+        stats,
+        timeouts,
+        servers: servers(port, slices),
+    })
+}
+
+/// `spec.rollout.minInterval`, checked.
+pub fn min_rollout_interval(spec: &LoadBalancerPoolSpec) -> Result<Duration, InvalidPool> {
+    syntax::parse_duration(&spec.rollout.min_interval).ok_or_else(|| {
+        InvalidPool::spec(
+            "rollout.minInterval",
+            &spec.rollout.min_interval,
+            "a duration like 5s",
+        )
+    })
+}
+
+fn checked(
+    value: &str,
+    field: &str,
+    ok: fn(&str) -> bool,
+    expected: &str,
+) -> Result<String, InvalidPool> {
+    if ok(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(InvalidPool::spec(field, value, expected))
+    }
+}
+
+fn duration(value: &str, field: &str) -> Result<String, InvalidPool> {
+    checked(
+        value,
+        field,
+        |v| syntax::parse_duration(v).is_some(),
+        "a duration like 5s, 500ms, 1m or 1h",
+    )
+}
+
+fn tcp_port(value: i32, field: &str) -> Result<u16, InvalidPool> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| InvalidPool::spec(field, value, "a port from 1 to 65535"))
+}
+
+fn small(value: i32, field: &str) -> Result<u8, InvalidPool> {
+    u8::try_from(value)
+        .ok()
+        .filter(|v| (1..=100).contains(v))
+        .ok_or_else(|| InvalidPool::spec(field, value, "a count from 1 to 100"))
+}
+
+/// The ready endpoints of all slices on the backend port: deduplicated by
+/// address and port, named after their pods, sorted by name.
+fn servers(port: &BackendPort, slices: &[EndpointSlice]) -> Vec<Server> {
+    // (address, port) -> (base name, zone); a BTreeMap makes the result
+    // independent of the order of slices and endpoints.
+    let mut endpoints: BTreeMap<(IpAddr, u16), (String, Option<String>)> = BTreeMap::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let Some(number) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().filter(|n| !n.is_empty()) == port.name.as_deref())
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten().filter(|e| is_ready(e)) {
+            // Consumers use the first address only (EndpointSlice API contract).
+            let Some(address) = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            let base = base_name(endpoint, address);
+            let zone = endpoint.zone.clone().filter(|z| is_label_value(z));
+            let entry = endpoints
+                .entry((address, number))
+                .or_insert((base.clone(), zone));
+            // Two slices may briefly list one endpoint; keep the smaller name so
+            // the choice does not depend on slice order.
+            if base < entry.0 {
+                entry.0 = base;
+            }
+        }
+    }
+
+    let mut by_name: Vec<(String, IpAddr, u16, Option<String>)> = endpoints
+        .into_iter()
+        .map(|((address, port), (name, zone))| (name, address, port, zone))
+        .collect();
+    by_name.sort();
+
+    let mut taken = BTreeSet::new();
+    let mut servers: Vec<Server> = by_name
+        .into_iter()
+        .map(|(base, address, port, zone)| {
+            let mut name = base.clone();
+            let mut n = 2;
+            while !taken.insert(name.clone()) {
+                name = format!("{base}-{n}");
+                n += 1;
+            }
+            Server {
+                cookie: name.clone(),
+                name,
+                address: address.to_string(),
+                port,
+                zone,
+            }
+        })
+        .collect();
+    servers.sort();
+    servers
+}
+
+/// `ready` unset means unknown, which consumers treat as ready; a terminating
+/// endpoint is never ready for new connections.
+fn is_ready(endpoint: &Endpoint) -> bool {
+    let c = endpoint.conditions.as_ref();
+    c.and_then(|c| c.ready).unwrap_or(true) && !c.and_then(|c| c.terminating).unwrap_or(false)
+}
+
+/// The pod name (or host name) made an HAProxy identifier: letters, digits,
+/// `-`, `_` and `.`; an endpoint with neither is named after its address.
+fn base_name(endpoint: &Endpoint, address: IpAddr) -> String {
+    let from = endpoint
+        .target_ref
+        .as_ref()
+        .and_then(|r| r.name.as_deref())
+        .or(endpoint.hostname.as_deref())
+        .unwrap_or_default();
+    let mut name: String = from
+        .chars()
+        .take(63)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        name = format!("ep-{address}").replace([':', '.'], "-");
+    }
+    name
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::testing::{pool, service, slice};
+
+    #[test]
+    fn keeps_ready_endpoints_on_the_backend_port_sorted_by_pod_name() {
+        let slices = [
+            slice(
+                "web-a",
+                "http",
+                3000,
+                &[("10.0.0.2", "web-b", true), ("10.0.0.3", "web-c", false)],
+            ),
+            slice("web-b", "http", 3000, &[("10.0.0.1", "web-a", true)]),
+        ];
+        let port = resolve_port(&pool().spec, &service(&[("http", 80)])).unwrap();
+        let model = build(&pool(), &port, &slices).unwrap();
+        let got: Vec<_> = model
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.address.as_str(), s.port))
+            .collect();
+        assert_eq!(
+            got,
+            [("web-a", "10.0.0.1", 3000), ("web-b", "10.0.0.2", 3000)]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_listed_by_two_slices_is_one_server() {
+        let slices = [
+            slice("s1", "http", 3000, &[("10.0.0.1", "web-a", true)]),
+            slice("s2", "http", 3000, &[("10.0.0.1", "web-a", true)]),
+        ];
+        let port = resolve_port(&pool().spec, &service(&[("http", 80)])).unwrap();
+        assert_eq!(build(&pool(), &port, &slices).unwrap().servers.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_pod_names_get_unique_server_names() {
+        let slices = [slice(
+            "s1",
+            "http",
+            3000,
+            &[
+                ("10.0.0.1", "web", true),
+                ("10.0.0.2", "web", true),
+                ("10.0.0.3", "web-2", true),
+            ],
+        )];
+        let port = resolve_port(&pool().spec, &service(&[("http", 80)])).unwrap();
+        let names: Vec<_> = build(&pool(), &port, &slices)
+            .unwrap()
+            .servers
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let unique: BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn hostile_pod_names_become_identifiers() {
+        let slices = [slice(
+            "s1",
+            "http",
+            3000,
+            &[("10.0.0.1", "a b\n#c\"d", true)],
+        )];
+        let port = resolve_port(&pool().spec, &service(&[("http", 80)])).unwrap();
+        let model = build(&pool(), &port, &slices).unwrap();
+        assert_eq!(model.servers[0].name, "a_b__c_d");
+    }
+
+    #[test]
+    fn addresses_that_are_not_ip_addresses_are_skipped() {
+        let slices = [slice(
+            "s1",
+            "http",
+            3000,
+            &[("10.0.0.1 backup", "x", true), ("10.0.0.2", "y", true)],
+        )];
+        let port = resolve_port(&pool().spec, &service(&[("http", 80)])).unwrap();
+        let model = build(&pool(), &port, &slices).unwrap();
+        assert_eq!(model.servers.len(), 1);
+        assert_eq!(model.servers[0].address, "10.0.0.2");
+    }
+
+    #[test]
+    fn slices_without_the_backend_port_contribute_nothing() {
+        let slices = [slice("s1", "metrics", 9090, &[("10.0.0.1", "x", true)])];
+        let mut p = pool();
+        p.spec.backend.port = Some(IntOrString::String("http".into()));
+        let port = resolve_port(&p.spec, &service(&[("http", 80), ("metrics", 9090)])).unwrap();
+        assert!(build(&p, &port, &slices).unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn port_resolution_names_the_field_and_the_choices() {
+        let svc = service(&[("http", 80), ("admin", 8080)]);
+        let err = resolve_port(&pool().spec, &svc).unwrap_err();
+        assert_eq!(err.reason, reason::PORT_NOT_FOUND);
+        assert!(err.message.contains("spec.backend.port"), "{err}");
+        assert!(err.message.contains("http (80), admin (8080)"), "{err}");
+
+        let mut p = pool();
+        p.spec.backend.port = Some(IntOrString::Int(8080));
+        assert_eq!(
+            resolve_port(&p.spec, &svc).unwrap().name.as_deref(),
+            Some("admin")
+        );
+        p.spec.backend.port = Some(IntOrString::String("grpc".into()));
+        let err = resolve_port(&p.spec, &svc).unwrap_err();
+        assert!(err.message.contains("no port \"grpc\""), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_naming_the_field() {
+        let port = BackendPort {
+            name: Some("http".into()),
+        };
+        let cases: Vec<(fn(&mut LoadBalancerPool), &str)> = vec![
+            (
+                |p| p.spec.timeouts.client = "5 s".into(),
+                "spec.timeouts.client",
+            ),
+            (|p| p.spec.frontend.port = 70000, "spec.frontend.port"),
+            (
+                |p| {
+                    p.spec.sticky_session = Some(lbpool_crds::StickySession {
+                        cookie: "ID\n  server evil 1.2.3.4:80".into(),
+                    })
+                },
+                "spec.stickySession.cookie",
+            ),
+            (
+                |p| p.spec.rollout.min_interval = "soon".into(),
+                "spec.rollout.minInterval",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut p = pool();
+            mutate(&mut p);
+            let err = build(&p, &port, &[])
+                .err()
+                .or_else(|| min_rollout_interval(&p.spec).err())
+                .unwrap_or_else(|| panic!("{field}: accepted"));
+            assert_eq!(err.reason, reason::INVALID_SPEC);
+            assert!(err.message.starts_with(field), "{field}: {err}");
+        }
+    }
+}

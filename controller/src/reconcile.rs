@@ -1,0 +1,477 @@
+//! I/O: the only module that calls the Kubernetes API.
+//!
+//! One reconcile of one pool: read the Service, its EndpointSlices and the
+//! template; build, render and validate (pure, plus `haproxy -c`); apply the
+//! ConfigMap; patch the Deployment's pod-template annotation when the hash
+//! changed and the rollout interval allows; apply the status. A pool that
+//! cannot be served keeps its last good ConfigMap and says why in its status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::conditions::reason;
+use crate::desired::{self, DeploymentState, MANAGER, Rollout};
+use crate::error::{Context as _, Error};
+use crate::metrics::Metrics;
+use crate::model::{self, InvalidPool, Model};
+use crate::render::{RenderedConfig, Renderer, Template};
+use crate::validate::{ValidationError, Validator};
+
+/// How often an invalid pool is looked at again even without a change: a
+/// template ConfigMap is not watched, so creating or fixing one is noticed here.
+const INVALID_RETRY: Duration = Duration::from_secs(15);
+/// A safety net: every pool is reconciled at least this often.
+const RESYNC: Duration = Duration::from_secs(600);
+/// Label of EndpointSlices naming their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub renderer: Renderer,
+    pub validator: Box<dyn Validator>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Last hash `haproxy -c` accepted, per pool: an unchanged config is not checked again.
+    validated: Mutex<HashMap<String, String>>,
+    /// Consecutive failures per pool, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        validator: Box<dyn Validator>,
+        recorder: Recorder,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            client,
+            renderer: Renderer::new(),
+            validator,
+            recorder,
+            metrics,
+            validated: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("validator", &self.validator)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key(pool: &LoadBalancerPool) -> String {
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
+}
+
+/// Reconciles one pool; see the module docs.
+pub async fn reconcile(pool: Arc<LoadBalancerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_pool(&pool, &ctx).await;
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), result.is_ok());
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&key(&pool));
+    }
+    result
+}
+
+/// Requeues a failed pool with exponential backoff: 0.5 s, 1 s, 2 s … 5 min.
+pub fn error_policy(pool: Arc<LoadBalancerPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = {
+        let mut failures = lock(&ctx.failures);
+        let n = failures.entry(key(&pool)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(attempt);
+    warn!(pool = %key(&pool), attempt, retry_in = ?delay, error = %error_chain(error), "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(10);
+    Duration::from_millis(500 * (1u64 << exp)).min(Duration::from_secs(300))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves it usable: it is a cache.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a reconcile stopped before publishing.
+enum Halt {
+    Invalid(InvalidPool),
+    Failed(Error),
+}
+
+impl From<InvalidPool> for Halt {
+    fn from(e: InvalidPool) -> Self {
+        Halt::Invalid(e)
+    }
+}
+
+impl From<Error> for Halt {
+    fn from(e: Error) -> Self {
+        Halt::Failed(e)
+    }
+}
+
+/// The namespaced APIs one pool touches.
+struct Apis {
+    ns: String,
+    pools: Api<LoadBalancerPool>,
+    services: Api<Service>,
+    slices: Api<EndpointSlice>,
+    config_maps: Api<ConfigMap>,
+    deployments: Api<Deployment>,
+}
+
+impl Apis {
+    fn new(client: &Client, ns: &str) -> Self {
+        Self {
+            ns: ns.to_owned(),
+            pools: Api::namespaced(client.clone(), ns),
+            services: Api::namespaced(client.clone(), ns),
+            slices: Api::namespaced(client.clone(), ns),
+            config_maps: Api::namespaced(client.clone(), ns),
+            deployments: Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action, Error> {
+    let ns = pool
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(pool.name_any()))?;
+    if pool.metadata.deletion_timestamp.is_some() {
+        // The ConfigMap is garbage-collected through its ownerReference.
+        return Ok(Action::await_change());
+    }
+    let apis = Apis::new(&ctx.client, &ns);
+    match prepare(pool, ctx, &apis).await {
+        Ok(prepared) => publish(pool, ctx, &apis, prepared).await,
+        Err(Halt::Invalid(invalid)) => {
+            report_invalid(pool, ctx, &apis, &invalid).await?;
+            Ok(Action::requeue(INVALID_RETRY))
+        }
+        Err(Halt::Failed(e)) => Err(e),
+    }
+}
+
+/// A config ready to publish.
+struct Prepared {
+    model: Model,
+    config: RenderedConfig,
+    min_interval: Duration,
+}
+
+/// Steps 1-4 of the flow: inputs read, model built, config rendered and validated.
+async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<Prepared, Halt> {
+    let spec = &pool.spec;
+    let ns = &apis.ns;
+    let svc = &spec.backend.service;
+    let min_interval = model::min_rollout_interval(spec)?;
+
+    let service = apis
+        .services
+        .get_opt(svc)
+        .await
+        .during(|| format!("get Service {ns}/{svc}"))?
+        .ok_or_else(|| {
+            InvalidPool::new(
+                reason::SERVICE_NOT_FOUND,
+                format!("spec.backend.service: Service {ns}/{svc} not found"),
+            )
+        })?;
+    let port = model::resolve_port(spec, &service)?;
+    let slices = apis
+        .slices
+        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={svc}")))
+        .await
+        .during(|| format!("list EndpointSlices of Service {ns}/{svc}"))?
+        .items;
+    let model = model::build(pool, &port, &slices)?;
+
+    let user_template = match &spec.template {
+        None => None,
+        Some(t) => {
+            let cm = apis
+                .config_maps
+                .get_opt(&t.config_map)
+                .await
+                .during(|| format!("get template ConfigMap {ns}/{}", t.config_map))?
+                .ok_or_else(|| {
+                    InvalidPool::new(
+                        reason::TEMPLATE_NOT_FOUND,
+                        format!(
+                            "spec.template.configMap: ConfigMap {ns}/{} not found",
+                            t.config_map
+                        ),
+                    )
+                })?;
+            let data = cm.data.unwrap_or_default();
+            let source = data.get(&t.key).cloned().ok_or_else(|| {
+                let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+                InvalidPool::new(
+                    reason::TEMPLATE_NOT_FOUND,
+                    format!(
+                        "spec.template.key: ConfigMap {ns}/{} has no key {:?} (it has: {})",
+                        t.config_map,
+                        t.key,
+                        keys.join(", ")
+                    ),
+                )
+            })?;
+            Some((source, format!("{}/{}", t.config_map, t.key)))
+        }
+    };
+    let template = match &user_template {
+        None => Template::BuiltIn,
+        Some((source, origin)) => Template::User { source, origin },
+    };
+    let config = ctx.renderer.render(template, &model)?;
+
+    let pool_key = key(pool);
+    let already_valid = lock(&ctx.validated).get(&pool_key) == Some(&config.hash);
+    if !already_valid {
+        match ctx.validator.check(&config.text).await {
+            Ok(()) => {
+                lock(&ctx.validated).insert(pool_key, config.hash.clone());
+            }
+            Err(ValidationError::Rejected(message)) => {
+                return Err(InvalidPool::new(
+                    reason::HAPROXY_REJECTED,
+                    format!(
+                        "haproxy -c rejected config {}: {message}",
+                        config.revision()
+                    ),
+                )
+                .into());
+            }
+            Err(e @ ValidationError::Unavailable { .. }) => return Err(Error::from(e).into()),
+        }
+    }
+    Ok(Prepared {
+        model,
+        config,
+        min_interval,
+    })
+}
+
+/// Steps 5-7: ConfigMap, then the Deployment annotation, then status.
+async fn publish(
+    pool: &LoadBalancerPool,
+    ctx: &Context,
+    apis: &Apis,
+    p: Prepared,
+) -> Result<Action, Error> {
+    let ns = &apis.ns;
+    let cm_name = pool.config_map_name();
+    let apply = PatchParams::apply(MANAGER).force();
+    apis.config_maps
+        .patch(
+            &cm_name,
+            &apply,
+            &Patch::Apply(desired::config_map(pool, &p.config)),
+        )
+        .await
+        .during(|| format!("apply ConfigMap {ns}/{cm_name}"))?;
+
+    let now = Timestamp::now();
+    let deployment_name = &pool.spec.haproxy.deployment;
+    let deployment = apis
+        .deployments
+        .get_opt(deployment_name)
+        .await
+        .during(|| format!("get Deployment {ns}/{deployment_name}"))?;
+    let last_rollout = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.last_rollout_time.as_ref())
+        .map(|t| t.0);
+    let state = match &deployment {
+        None => DeploymentState::Missing,
+        Some(d) => {
+            let deployed = desired::deployed_hash(d).map(str::to_owned);
+            match desired::decide_rollout(
+                deployed.as_deref(),
+                &p.config.hash,
+                last_rollout,
+                now,
+                p.min_interval,
+            ) {
+                Rollout::UpToDate => DeploymentState::UpToDate,
+                Rollout::Wait(wait) => DeploymentState::Pending { wait },
+                Rollout::Now => {
+                    apis.deployments
+                        .patch(
+                            deployment_name,
+                            &apply,
+                            &Patch::Apply(desired::deployment_patch(
+                                deployment_name,
+                                &p.config.hash,
+                            )),
+                        )
+                        .await
+                        .during(|| format!("patch Deployment {ns}/{deployment_name}"))?;
+                    ctx.metrics.rollouts.inc();
+                    info!(pool = %key(pool), deployment = %deployment_name, config = p.config.revision(), backends = p.model.servers.len(), "rolling HAProxy for a new config");
+                    let note = format!(
+                        "Deployment {deployment_name} rolls for config {} ({} backends, was {})",
+                        p.config.revision(),
+                        p.model.servers.len(),
+                        deployed.as_deref().map_or("none", crate::render::revision)
+                    );
+                    event(
+                        ctx,
+                        pool,
+                        EventType::Normal,
+                        "RolloutTriggered",
+                        "Rollout",
+                        note,
+                    )
+                    .await;
+                    DeploymentState::Rolled { at: now }
+                }
+            }
+        }
+    };
+
+    if let Some((reason, _)) = desired::invalid_reason(pool.status.as_ref()) {
+        let note = format!(
+            "config {} is valid again (was {reason})",
+            p.config.revision()
+        );
+        event(ctx, pool, EventType::Normal, "ConfigValid", "Render", note).await;
+    }
+    let status = desired::published_status(pool, &p.model, &p.config, &state, &Time(now));
+    write_status(pool, apis, status).await?;
+    Ok(match state {
+        // Wake up just after the interval ends; a little slack avoids waking early.
+        DeploymentState::Pending { wait } => Action::requeue(wait + Duration::from_millis(50)),
+        _ => Action::requeue(RESYNC),
+    })
+}
+
+/// Leaves the ConfigMap and the Deployment as they are; says why in the
+/// status, an Event (once per new reason) and a log line.
+async fn report_invalid(
+    pool: &LoadBalancerPool,
+    ctx: &Context,
+    apis: &Apis,
+    invalid: &InvalidPool,
+) -> Result<(), Error> {
+    let unchanged = desired::invalid_reason(pool.status.as_ref())
+        == Some((invalid.reason, invalid.message.as_str()));
+    if !unchanged {
+        warn!(pool = %key(pool), reason = invalid.reason, message = %invalid.message, "pool cannot be served; the last good config stays");
+        ctx.metrics.invalid.inc();
+        event(
+            ctx,
+            pool,
+            EventType::Warning,
+            invalid.reason,
+            "Render",
+            invalid.message.clone(),
+        )
+        .await;
+    }
+    let status = desired::invalid_status(pool, invalid, &Time(Timestamp::now()));
+    write_status(pool, apis, status).await
+}
+
+async fn write_status(
+    pool: &LoadBalancerPool,
+    apis: &Apis,
+    status: LoadBalancerPoolStatus,
+) -> Result<(), Error> {
+    if pool.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let name = pool.name_any();
+    let patch = json!({
+        "apiVersion": LoadBalancerPool::api_version(&()),
+        "kind": LoadBalancerPool::kind(&()),
+        "status": status,
+    });
+    apis.pools
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .during(|| format!("apply status of LoadBalancerPool {}/{name}", apis.ns))?;
+    Ok(())
+}
+
+/// Events are best effort: a failure to record one is logged, not retried.
+async fn event(
+    ctx: &Context,
+    pool: &LoadBalancerPool,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+        warn!(pool = %key(pool), error = %e, "could not record an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,255 @@
+//! Wiring: arguments, logging, the watches, the admin server, shutdown.
+//!
+//! The controller watches LoadBalancerPools, the ConfigMaps it generated
+//! (`.owns`), and EndpointSlices and Deployments, which it maps to the pools
+//! that name them through a lookup in the pool store (no API call per event).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use lbpool_crds::LoadBalancerPool;
+use tracing::{error, info};
+
+use crate::admin::{self, Health};
+use crate::desired::MANAGER;
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context, SERVICE_NAME_LABEL};
+use crate::validate::HaproxyValidator;
+
+/// Command-line arguments (each also read from the environment).
+#[derive(Debug, clap::Parser)]
+#[command(name = "lbpool-controller", version, about)]
+pub struct Args {
+    /// Address of the admin server (/live, /ready, /metrics).
+    #[arg(long, env = "LBPOOL_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// The HAProxy binary that checks every config (`haproxy -c`) before it is published.
+    #[arg(long, env = "LBPOOL_HAPROXY_BIN", default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
+
+    /// Watch one namespace only; all namespaces when absent.
+    #[arg(long, env = "LBPOOL_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "LBPOOL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Name of this instance in Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The pools in `namespace` for which `names` is true.
+fn pools_where(
+    store: &Store<LoadBalancerPool>,
+    namespace: Option<String>,
+    names: impl Fn(&LoadBalancerPool) -> bool,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace && names(p))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Pools whose backends come from this EndpointSlice's Service.
+pub fn pools_for_slice(
+    store: &Store<LoadBalancerPool>,
+    slice: &EndpointSlice,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let Some(service) = slice.labels().get(SERVICE_NAME_LABEL).cloned() else {
+        return Vec::new();
+    };
+    pools_where(store, slice.namespace(), |p| {
+        p.spec.backend.service == service
+    })
+}
+
+/// Pools served by this Deployment.
+pub fn pools_for_deployment(
+    store: &Store<LoadBalancerPool>,
+    d: &Deployment,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let name = d.name_any();
+    pools_where(store, d.namespace(), |p| p.spec.haproxy.deployment == name)
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let validator = HaproxyValidator::new(&args.haproxy_bin);
+    let version = validator.version().await.with_context(|| {
+        format!(
+            "the config gate needs HAProxy: {}",
+            args.haproxy_bin.display()
+        )
+    })?;
+    info!(%version, "configs are checked with haproxy -c");
+
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration")?;
+    let metrics = Metrics::default();
+    let health = Health::default();
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: args.instance.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Box::new(validator),
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+    ));
+
+    let ns = args.namespace.as_deref();
+    let controller = Controller::new(
+        api::<LoadBalancerPool>(&client, ns),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let (slice_store, deployment_store) = (store.clone(), store.clone());
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let controller = controller
+        .owns(api::<ConfigMap>(&client, ns), owned)
+        .watches(
+            api::<EndpointSlice>(&client, ns),
+            watcher::Config::default().labels(SERVICE_NAME_LABEL),
+            move |slice| pools_for_slice(&slice_store, &slice),
+        )
+        .watches(
+            api::<Deployment>(&client, ns),
+            watcher::Config::default(),
+            move |d| pools_for_deployment(&deployment_store, &d),
+        )
+        .shutdown_on_signal();
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(admin::serve(
+        args.admin_addr,
+        health.clone(),
+        metrics,
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            info!("pool cache synced; ready");
+            health.set_ready();
+        }
+    });
+
+    info!(namespace = ns.unwrap_or("<all>"), admin = %args.admin_addr, "lbpool-controller started");
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                // Reconcile failures are logged by the error policy; these are watch errors.
+                if !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..)) {
+                    error!(error = %e, "controller stream error");
+                }
+            }
+        })
+        .await;
+
+    info!("shutting down");
+    let _ = stop_admin.send(());
+    match admin.await {
+        Ok(result) => result.context("admin server")?,
+        Err(e) => return Err(e).context("admin server task"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{pool, slice};
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    fn store_with(pools: Vec<LoadBalancerPool>) -> Store<LoadBalancerPool> {
+        let (reader, mut writer) = store::<LoadBalancerPool>();
+        writer.apply_watcher_event(&Event::Init);
+        for p in pools {
+            writer.apply_watcher_event(&Event::InitApply(p));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        reader
+    }
+
+    #[test]
+    fn a_slice_maps_to_the_pools_of_its_service_in_its_namespace() {
+        let mut other_ns = pool();
+        other_ns.metadata.namespace = Some("other".into());
+        let mut other_svc = pool();
+        other_svc.metadata.name = Some("api".into());
+        other_svc.spec.backend.service = "api".into();
+        let store = store_with(vec![pool(), other_ns, other_svc]);
+        let refs = pools_for_slice(&store, &slice("webapp-abc", "http", 3000, &[]));
+        assert_eq!(refs, vec![ObjectRef::new("webapp").within("demo")]);
+    }
+
+    #[test]
+    fn a_slice_without_service_label_maps_to_nothing() {
+        let store = store_with(vec![pool()]);
+        let mut s = slice("x", "http", 3000, &[]);
+        s.metadata.labels = None;
+        assert!(pools_for_slice(&store, &s).is_empty());
+    }
+
+    #[test]
+    fn a_deployment_maps_to_the_pools_it_serves() {
+        let store = store_with(vec![pool()]);
+        let mut d = Deployment::default();
+        d.metadata.name = Some("haproxy".into());
+        d.metadata.namespace = Some("demo".into());
+        assert_eq!(pools_for_deployment(&store, &d).len(), 1);
+        d.metadata.name = Some("nginx".into());
+        assert!(pools_for_deployment(&store, &d).is_empty());
+    }
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds the local control plane from upstream Go modules into a cache outside
+# the repository: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, kwok and kwokctl, at the versions pinned in hack/versions.env.
+# A binary already in the cache for the pinned version is reused.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
+bin="$cache/bin/k8s-$KUBERNETES_VERSION"
+mkdir -p "$bin" "$cache/src"
+
+say() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+command -v go >/dev/null || die "go is not installed; Go >= 1.26 is needed to build the control plane"
+
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+
+have() { for b in "$@"; do [ -x "$bin/$b" ] || return 1; done; }
+
+build_kubernetes() {
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  if have "${bins[@]}"; then say "kubernetes $KUBERNETES_VERSION: cached"; return; fi
+  local mod="$cache/src/kubernetes-$KUBERNETES_VERSION" minor staging_version
+  minor=${KUBERNETES_VERSION#v1.}
+  staging_version="v0.$minor"
+  mkdir -p "$mod"
+  say "kubernetes $KUBERNETES_VERSION: resolving staging modules (pinned to $staging_version)"
+  local gomod
+  gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$KUBERNETES_VERSION"
+  {
+    echo "module lbpool.dev/local-kubernetes"
+    echo
+    echo "go 1.26"
+    echo
+    # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
+    # with ./staging paths, which a dependent module cannot see; pin each one.
+    awk '$2 == "v0.0.0" && $1 ~ /^k8s.io\// {print $1}' "$gomod" | sort -u |
+      while read -r m; do echo "replace $m => $m $staging_version"; done
+  } >"$mod/go.mod"
+  local pkgs=()
+  for b in "${bins[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  say "kubernetes $KUBERNETES_VERSION: downloading modules"
+  (cd "$mod" && go get "${pkgs[@]/%/@$KUBERNETES_VERSION}") || die "go get k8s.io/kubernetes failed"
+  local v=k8s.io/component-base/version cv=k8s.io/client-go/pkg/version
+  local ldflags="-s -w"
+  for p in $v $cv; do
+    ldflags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=${minor%%.*}"
+    ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  for b in "${bins[@]}"; do
+    say "kubernetes $KUBERNETES_VERSION: building $b (a cold build takes several minutes on 2 cores)"
+    (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b") || die "building $b failed"
+    mv "$bin/$b.tmp" "$bin/$b"
+  done
+}
+
+build_etcd() {
+  if have etcd; then say "etcd $ETCD_VERSION: cached"; return; fi
+  local mod="$cache/src/etcd-$ETCD_VERSION"
+  mkdir -p "$mod"
+  # etcd's go.mod files replace their sibling modules with local paths, so
+  # `go install pkg@version` refuses them; a wrapper module ignores those lines.
+  printf 'module lbpool.dev/local-etcd\n\ngo 1.26\n' >"$mod/go.mod"
+  say "etcd $ETCD_VERSION: downloading modules"
+  (cd "$mod" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION") || die "go get etcd failed"
+  say "etcd $ETCD_VERSION: building"
+  (cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3) || die "building etcd failed"
+  mv "$bin/etcd.tmp" "$bin/etcd"
+}
+
+build_kwok() {
+  if have kwok kwokctl; then say "kwok $KWOK_VERSION: cached"; return; fi
+  say "kwok $KWOK_VERSION: building kwok and kwokctl"
+  local p=sigs.k8s.io/kwok/pkg/consts
+  GOBIN="$bin" go install -trimpath -ldflags "-s -w -X $p.Version=$KWOK_VERSION" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION" ||
+    die "go install kwok failed"
+}
+
+start=$(date +%s)
+build_etcd
+build_kwok
+build_kubernetes
+for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl; do
+  [ -x "$bin/$b" ] || die "$b is missing from $bin after the build"
+done
+say "all binaries ready in $bin ($(($(date +%s) - start))s)"
+# The last line of stdout is the directory, for callers.
+echo "$bin"
