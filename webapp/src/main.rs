@@ -1,1 +1,162 @@
-fn main() {}
+//! The demo backend, like the lab's node.js app: `GET /` answers JSON with the
+//! host name, the address the request arrived on, and a view counter kept per
+//! session (cookie `webapp_session`) in this process. `GET /healthz` answers
+//! 200 while the process serves; SIGTERM drains and exits.
+#![deny(warnings, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use clap::Parser;
+use serde::Serialize;
+
+const SESSION_COOKIE: &str = "webapp_session";
+
+#[derive(Debug, Parser)]
+#[command(name = "webapp", about = "lbpool's demo backend")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "WEBAPP_LISTEN", default_value = "0.0.0.0:3000")]
+    listen: SocketAddr,
+    /// Name to answer with; the host name by default.
+    #[arg(long, env = "WEBAPP_NAME")]
+    name: Option<String>,
+}
+
+#[derive(Debug)]
+struct App {
+    name: String,
+    /// `$POD_IP`, or the listen address when it is a specific one.
+    address: String,
+    next_session: AtomicU64,
+    views: Mutex<HashMap<String, u64>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Answer {
+    host: String,
+    address: String,
+    session: String,
+    views: u64,
+}
+
+fn session_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
+    let (session, new) = match session_of(&headers) {
+        Some(s) => (s, false),
+        None => {
+            let n = app.next_session.fetch_add(1, Ordering::Relaxed);
+            (format!("{}-{n}", std::process::id()), true)
+        }
+    };
+    let views = {
+        let mut views = app.views.lock().unwrap_or_else(|p| p.into_inner());
+        let v = views.entry(session.clone()).or_insert(0);
+        *v += 1;
+        *v
+    };
+    let mut out = HeaderMap::new();
+    if new {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly"))
+        {
+            out.insert(SET_COOKIE, v);
+        }
+    }
+    let answer = Answer {
+        host: app.name.clone(),
+        address: app.address.clone(),
+        session,
+        views,
+    };
+    (out, Json(answer))
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "webapp".into())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_target(false).init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    let app = Arc::new(App {
+        name: args.name.unwrap_or_else(host_name),
+        address: std::env::var("POD_IP").unwrap_or_else(|_| local.ip().to_string()),
+        next_session: AtomicU64::new(1),
+        views: Mutex::default(),
+    });
+    let router = Router::new()
+        .route("/", get(index).head(|| async {}))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(app.clone());
+    tracing::info!(listen = %local, name = %app.name, "webapp serving");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("webapp stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cookie_is_found_among_others_and_checked() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("SERVERID=web-1; webapp_session=42-7"),
+        );
+        assert_eq!(session_of(&h).as_deref(), Some("42-7"));
+        h.insert(COOKIE, HeaderValue::from_static("webapp_session=<script>"));
+        assert_eq!(session_of(&h), None);
+    }
+}
