@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -177,9 +178,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     let ready_store = store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            info!("pool cache synced; ready");
-            health.set_ready();
+        // kube-runtime's store readiness wakes only its last waiter, and the
+        // controller itself waits on this store; so look again every 250 ms
+        // instead of relying on a wake-up.
+        loop {
+            let wait =
+                tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready());
+            match wait.await {
+                Ok(Ok(())) => {
+                    info!("pool cache synced; ready");
+                    health.set_ready();
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
     });
 
