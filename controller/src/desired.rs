@@ -121,19 +121,21 @@ pub enum DeploymentState {
     Pending { wait: Duration },
 }
 
-/// Status of a pool whose config was published.
+/// Status of a pool whose config was published. `last_rollout` is the latest
+/// rollout known, which may be newer than the (cached) pool's status.
 pub fn published_status(
     pool: &LoadBalancerPool,
     model: &Model,
     config: &RenderedConfig,
     deployment: &DeploymentState,
+    last_rollout: Option<Timestamp>,
     now: &Time,
 ) -> LoadBalancerPoolStatus {
     let previous = pool.status.clone().unwrap_or_default();
     let ready = i32::try_from(model.servers.len()).unwrap_or(i32::MAX);
     let last_rollout_time = match deployment {
         DeploymentState::Rolled { at } => Some(Time(*at)),
-        _ => previous.last_rollout_time.clone(),
+        _ => last_rollout.map(Time),
     };
     let deployment_name = &pool.spec.haproxy.deployment;
     let ready_condition = match deployment {
@@ -402,6 +404,7 @@ mod tests {
             &model_with_servers(MAX_STATUS_BACKENDS + 5),
             &rendered,
             &DeploymentState::UpToDate,
+            None,
             &Time(ts(0)),
         );
         assert_eq!(s.backends.len(), MAX_STATUS_BACKENDS);

@@ -50,6 +50,10 @@ pub struct Context {
     validated: Mutex<HashMap<String, String>>,
     /// Consecutive failures per pool, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When this process last rolled each pool. The pool in the watch cache
+    /// can lag behind the status this process just wrote; the rate limit must
+    /// not (the later of the two counts).
+    rollouts: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl Context {
@@ -67,6 +71,7 @@ impl Context {
             metrics,
             validated: Mutex::default(),
             failures: Mutex::default(),
+            rollouts: Mutex::default(),
         }
     }
 }
@@ -320,11 +325,13 @@ async fn publish(
         .get_opt(deployment_name)
         .await
         .during(|| format!("get Deployment {ns}/{deployment_name}"))?;
-    let last_rollout = pool
+    let pool_key = key(pool);
+    let recorded = pool
         .status
         .as_ref()
         .and_then(|s| s.last_rollout_time.as_ref())
         .map(|t| t.0);
+    let last_rollout = recorded.max(lock(&ctx.rollouts).get(&pool_key).copied());
     let state = match &deployment {
         None => DeploymentState::Missing,
         Some(d) => {
@@ -350,8 +357,9 @@ async fn publish(
                         )
                         .await
                         .during(|| format!("patch Deployment {ns}/{deployment_name}"))?;
+                    lock(&ctx.rollouts).insert(pool_key.clone(), now);
                     ctx.metrics.rollouts.inc();
-                    info!(pool = %key(pool), deployment = %deployment_name, config = p.config.revision(), backends = p.model.servers.len(), "rolling HAProxy for a new config");
+                    info!(pool = %pool_key, deployment = %deployment_name, config = p.config.revision(), backends = p.model.servers.len(), "rolling HAProxy for a new config");
                     let note = format!(
                         "Deployment {deployment_name} rolls for config {} ({} backends, was {})",
                         p.config.revision(),
@@ -380,7 +388,8 @@ async fn publish(
         );
         event(ctx, pool, EventType::Normal, "ConfigValid", "Render", note).await;
     }
-    let status = desired::published_status(pool, &p.model, &p.config, &state, &Time(now));
+    let status =
+        desired::published_status(pool, &p.model, &p.config, &state, last_rollout, &Time(now));
     write_status(pool, apis, status).await?;
     Ok(match state {
         // Wake up just after the interval ends; a little slack avoids waking early.
