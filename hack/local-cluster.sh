@@ -63,8 +63,10 @@ certificates() {
     # The admin identity of the tests and the control-plane components.
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr \
       -subj "/O=system:masters/CN=lbpool-admin" 2>/dev/null
+    # An extension makes it an X.509 v3 certificate, which rustls requires.
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-      -out admin.crt -days 365 2>/dev/null
+      -out admin.crt -days 365 -extfile client.ext 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
