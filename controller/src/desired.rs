@@ -369,6 +369,7 @@ mod tests {
             &model_with_servers(3),
             &rendered,
             &DeploymentState::UpToDate,
+            None,
             &now,
         );
         p.status = Some(good.clone());

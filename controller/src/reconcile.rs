@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -346,7 +346,8 @@ async fn publish(
                 Rollout::UpToDate => DeploymentState::UpToDate,
                 Rollout::Wait(wait) => DeploymentState::Pending { wait },
                 Rollout::Now => {
-                    apis.deployments
+                    let patched = apis
+                        .deployments
                         .patch(
                             deployment_name,
                             &apply,
@@ -366,15 +367,14 @@ async fn publish(
                         p.model.servers.len(),
                         deployed.as_deref().map_or("none", crate::render::revision)
                     );
-                    event(
-                        ctx,
-                        pool,
-                        EventType::Normal,
-                        "RolloutTriggered",
-                        "Rollout",
-                        note,
-                    )
-                    .await;
+                    // The Deployment at its new version is the related object, so
+                    // each rollout is an Event of its own, not a repeat in a series.
+                    let mut ev = event(EventType::Normal, "RolloutTriggered", "Rollout", note);
+                    ev.secondary = Some(ObjectReference {
+                        resource_version: patched.resource_version(),
+                        ..patched.object_ref(&())
+                    });
+                    publish_event(ctx, pool, ev).await;
                     DeploymentState::Rolled { at: now }
                 }
             }
@@ -386,7 +386,12 @@ async fn publish(
             "config {} is valid again (was {reason})",
             p.config.revision()
         );
-        event(ctx, pool, EventType::Normal, "ConfigValid", "Render", note).await;
+        publish_event(
+            ctx,
+            pool,
+            event(EventType::Normal, "ConfigValid", "Render", note),
+        )
+        .await;
     }
     let status =
         desired::published_status(pool, &p.model, &p.config, &state, last_rollout, &Time(now));
@@ -411,15 +416,13 @@ async fn report_invalid(
     if !unchanged {
         warn!(pool = %key(pool), reason = invalid.reason, message = %invalid.message, "pool cannot be served; the last good config stays");
         ctx.metrics.invalid.inc();
-        event(
-            ctx,
-            pool,
+        let ev = event(
             EventType::Warning,
             invalid.reason,
             "Render",
             invalid.message.clone(),
-        )
-        .await;
+        );
+        publish_event(ctx, pool, ev).await;
     }
     let status = desired::invalid_status(pool, invalid, &Time(Timestamp::now()));
     write_status(pool, apis, status).await
@@ -450,22 +453,18 @@ async fn write_status(
     Ok(())
 }
 
-/// Events are best effort: a failure to record one is logged, not retried.
-async fn event(
-    ctx: &Context,
-    pool: &LoadBalancerPool,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let ev = Event {
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
         type_,
         reason: reason.to_owned(),
         note: Some(note),
         action: action.to_owned(),
         secondary: None,
-    };
+    }
+}
+
+/// Events are best effort: a failure to record one is logged, not retried.
+async fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
     if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
         warn!(pool = %key(pool), error = %e, "could not record an Event");
     }

@@ -1,0 +1,345 @@
+//! The reconcile I/O against a scripted mock API: each test lists the exact
+//! requests a reconcile must make, in order, and fails on any other.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use lbpool_controller::metrics::Metrics;
+use lbpool_controller::model;
+use lbpool_controller::reconcile::{Context, reconcile};
+use lbpool_controller::render::{Renderer, Template};
+use lbpool_controller::validate::{ValidationError, Validator};
+use lbpool_crds::LoadBalancerPool;
+use serde_json::{Value, json};
+
+/// A validator that accepts everything, or rejects everything with a message.
+#[derive(Debug)]
+struct FakeValidator(Option<&'static str>);
+
+impl Validator for FakeValidator {
+    fn check<'a>(&'a self, _config: &'a str) -> BoxFuture<'a, Result<(), ValidationError>> {
+        let result = match self.0 {
+            None => Ok(()),
+            Some(msg) => Err(ValidationError::Rejected(msg.into())),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// One expected request: method, path (without query), and the answer.
+struct Expect {
+    method: Method,
+    path: String,
+    /// Checks the request body and returns (status, response body).
+    answer: Box<dyn Fn(&Value) -> (StatusCode, Value) + Send>,
+}
+
+fn expect(
+    method: Method,
+    path: &str,
+    answer: impl Fn(&Value) -> (StatusCode, Value) + Send + 'static,
+) -> Expect {
+    Expect {
+        method,
+        path: path.into(),
+        answer: Box::new(answer),
+    }
+}
+
+/// Echoes the request body back, as an apply or a create would.
+fn echo(method: Method, path: &str) -> Expect {
+    expect(method, path, |body| (StatusCode::OK, body.clone()))
+}
+
+/// Answers a status apply with the pool carrying that status.
+fn status_apply() -> Expect {
+    let path = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/webapp/status");
+    expect(Method::PATCH, &path, |body| {
+        let mut p = serde_json::to_value(pool()).expect("pool json");
+        p["status"] = body["status"].clone();
+        (StatusCode::OK, p)
+    })
+}
+
+fn not_found(what: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+           "message": format!("{what} not found")})
+}
+
+const NS: &str = "/namespaces/demo";
+
+/// Runs one reconcile of `pool` against the script; returns the bodies the
+/// controller sent, in order, for further checks.
+async fn run(
+    pool: LoadBalancerPool,
+    validator: FakeValidator,
+    script: Vec<Expect>,
+) -> Vec<(String, Value)> {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let sent_by_server = sent.clone();
+    let server = tokio::spawn(async move {
+        let mut script = script.into_iter();
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let path = parts.uri.path().to_owned();
+            let bytes = body.collect_bytes().await.expect("request body");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let Some(next) = script.next() else {
+                panic!("unexpected request {} {path}", parts.method);
+            };
+            assert_eq!(
+                (&parts.method, path.as_str()),
+                (&next.method, next.path.as_str()),
+                "requests out of script"
+            );
+            let (status, answer) = (next.answer)(&body);
+            sent_by_server
+                .lock()
+                .expect("lock")
+                .push((format!("{} {path}", parts.method), body));
+            let response = Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                .expect("response");
+            respond.send_response(response);
+        }
+        let rest: Vec<String> = script.map(|e| format!("{} {}", e.method, e.path)).collect();
+        assert!(rest.is_empty(), "requests never made: {rest:?}");
+    });
+
+    let client = Client::new(service, "demo");
+    let reporter = Reporter {
+        controller: "lbpool-controller".into(),
+        instance: None,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Box::new(validator),
+        Recorder::new(client, reporter),
+        Metrics::default(),
+    ));
+    reconcile(Arc::new(pool), ctx)
+        .await
+        .expect("reconcile succeeds");
+    // Dropping the last client ends the mock's request stream.
+    server
+        .await
+        .expect("the mock API saw exactly the scripted requests");
+    Arc::try_unwrap(sent)
+        .expect("server done")
+        .into_inner()
+        .expect("lock")
+}
+
+fn pool() -> LoadBalancerPool {
+    serde_json::from_value(json!({
+        "apiVersion": "lbpool.dev/v1alpha1",
+        "kind": "LoadBalancerPool",
+        "metadata": {"name": "webapp", "namespace": "demo", "uid": "00000000-0000-0000-0000-000000000001", "generation": 1},
+        "spec": {"backend": {"service": "webapp"}, "haproxy": {"deployment": "haproxy"}}
+    }))
+    .expect("pool")
+}
+
+fn service() -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webapp", "namespace": "demo"},
+           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 3000}]}})
+}
+
+fn slices() -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {"resourceVersion": "1"},
+           "items": [{"metadata": {"name": "webapp-x", "namespace": "demo", "labels": {"kubernetes.io/service-name": "webapp"}},
+                      "addressType": "IPv4", "ports": [{"name": "http", "port": 3000}],
+                      "endpoints": [{"addresses": ["10.244.0.7"], "conditions": {"ready": true},
+                                     "targetRef": {"kind": "Pod", "name": "webapp-1"}}]}]})
+}
+
+fn deployment(hash: Option<&str>) -> Value {
+    let annotations = hash.map_or(json!({}), |h| json!({"lbpool.dev/config-hash": h}));
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "haproxy", "namespace": "demo", "resourceVersion": "7"},
+           "spec": {"selector": {"matchLabels": {"app": "haproxy"}},
+                    "template": {"metadata": {"annotations": annotations}, "spec": {"containers": []}}}})
+}
+
+/// The hash the controller must compute for [`pool`], [`service`] and [`slices`].
+fn expected_hash() -> String {
+    let svc: Service = serde_json::from_value(service()).expect("service");
+    let list: Vec<EndpointSlice> =
+        serde_json::from_value(slices()["items"].clone()).expect("slices");
+    let p = pool();
+    let port = model::resolve_port(&p.spec, &svc).expect("port");
+    let m = model::build(&p, &port, &list).expect("model");
+    Renderer::new()
+        .render(Template::BuiltIn, &m)
+        .expect("render")
+        .hash
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn read_path() -> (String, String, String) {
+    (
+        format!("/api/v1{NS}/services/webapp"),
+        format!("/apis/discovery.k8s.io/v1{NS}/endpointslices"),
+        format!("/api/v1{NS}/configmaps/webapp-haproxy"),
+    )
+}
+
+#[tokio::test]
+async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment() {
+    let hash = expected_hash();
+    let (svc, eps, cm) = read_path();
+    let deployed = hash.clone();
+    let sent = run(
+        pool(),
+        FakeValidator(None),
+        vec![
+            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
+            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+            echo(Method::PATCH, &cm),
+            expect(
+                Method::GET,
+                &format!("/apis/apps/v1{NS}/deployments/haproxy"),
+                move |_| (StatusCode::OK, deployment(Some(&deployed))),
+            ),
+            status_apply(),
+        ],
+    )
+    .await;
+    let config_map = &sent[2].1;
+    assert_eq!(
+        config_map["metadata"]["annotations"]["lbpool.dev/config-hash"],
+        hash.as_str()
+    );
+    assert!(
+        config_map["data"]["haproxy.cfg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("server webapp-1 10.244.0.7:3000 check")
+    );
+    assert_eq!(
+        config_map["metadata"]["ownerReferences"][0]["kind"],
+        "LoadBalancerPool"
+    );
+    let status = &sent[4].1;
+    assert_eq!(status["status"]["readyBackends"], 1);
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(condition(status, "RolloutPending")["status"], "False");
+    assert!(
+        status["status"].get("lastRolloutTime").is_none(),
+        "no rollout happened: {status}"
+    );
+}
+
+#[tokio::test]
+async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
+    let hash = expected_hash();
+    let (svc, eps, cm) = read_path();
+    let deployment_path = format!("/apis/apps/v1{NS}/deployments/haproxy");
+    let sent = run(
+        pool(),
+        FakeValidator(None),
+        vec![
+            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
+            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+            echo(Method::PATCH, &cm),
+            expect(Method::GET, &deployment_path, |_| {
+                (StatusCode::OK, deployment(Some("sha256:old")))
+            }),
+            expect(Method::PATCH, &deployment_path, |body| {
+                let mut d = deployment(
+                    body["spec"]["template"]["metadata"]["annotations"]["lbpool.dev/config-hash"]
+                        .as_str(),
+                );
+                d["metadata"]["resourceVersion"] = json!("8");
+                (StatusCode::OK, d)
+            }),
+            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
+            status_apply(),
+        ],
+    )
+    .await;
+    let patch = &sent[4].1;
+    assert_eq!(
+        patch,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "haproxy"},
+                "spec": {"template": {"metadata": {"annotations": {"lbpool.dev/config-hash": hash}}}}}),
+        "only the pod-template annotation is applied"
+    );
+    let event = &sent[5].1;
+    assert_eq!(event["reason"], "RolloutTriggered");
+    assert_eq!(event["related"]["resourceVersion"], "8");
+    let status = &sent[6].1;
+    assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
+}
+
+#[tokio::test]
+async fn missing_service_sets_a_condition_and_leaves_the_config_map_alone() {
+    let (svc, _, _) = read_path();
+    let sent = run(
+        pool(),
+        FakeValidator(None),
+        vec![
+            expect(Method::GET, &svc, |_| {
+                (StatusCode::NOT_FOUND, not_found("services \"webapp\""))
+            }),
+            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
+            status_apply(),
+        ],
+    )
+    .await;
+    let event = &sent[1].1;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "ServiceNotFound");
+    let status = &sent[2].1;
+    let valid = condition(status, "ConfigValid");
+    assert_eq!(valid["status"], "False");
+    assert_eq!(valid["reason"], "ServiceNotFound");
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.backend.service"),
+        "{valid}"
+    );
+}
+
+#[tokio::test]
+async fn a_config_haproxy_rejects_is_not_published() {
+    let (svc, eps, _) = read_path();
+    let sent = run(
+        pool(),
+        FakeValidator(Some(
+            "[ALERT] parsing [haproxy.cfg:3] : unknown keyword 'bogus'",
+        )),
+        vec![
+            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
+            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
+            status_apply(),
+        ],
+    )
+    .await;
+    let valid = condition(&sent[3].1, "ConfigValid");
+    assert_eq!(valid["reason"], "HAProxyRejected");
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown keyword 'bogus'"),
+        "{valid}"
+    );
+}
