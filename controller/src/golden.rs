@@ -240,3 +240,32 @@ fn lab_config_has_the_lab_directives() {
         );
     }
 }
+
+#[tokio::test]
+async fn ipv6_endpoints_render_to_servers_haproxy_accepts() {
+    let mut slice =
+        crate::testing::slice("v6", "http", 3000, &[("fd00:10:244::7", "webapp-v6", true)]);
+    slice.address_type = "IPv6".into();
+    let mut p = pool();
+    p.spec.sticky_session = Some(StickySession {
+        cookie: "SERVERID".into(),
+    });
+    let port = BackendPort {
+        name: Some("http".into()),
+    };
+    let text = Renderer::new()
+        .render(
+            Template::BuiltIn,
+            &model::build(&p, &port, &[slice]).unwrap(),
+        )
+        .unwrap()
+        .text;
+    assert!(
+        text.contains("    server webapp-v6 ipv6@fd00:10:244::7:3000 check cookie webapp-v6\n"),
+        "{text}"
+    );
+    haproxy()
+        .check(&text)
+        .await
+        .expect("haproxy accepts IPv6 servers");
+}

@@ -18,10 +18,21 @@ use serde::Serialize;
 use crate::conditions::reason;
 
 /// The data handed to the haproxy.cfg template. Field names are those a
-/// template uses, e.g. `{{#each servers}}server {{name}} {{address}}:{{port}}{{/each}}`.
+/// template uses, e.g. `{{#each servers}}server {{name}} {{address}}:{{port}}{{/each}}`;
+/// the [`Proxy`] fields appear at the top level (`{{balance}}`, `{{stats.port}}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Model {
+    /// Everything but the servers.
+    #[serde(flatten)]
+    pub proxy: Proxy,
+    /// Ready backends, sorted by name, names unique.
+    pub servers: Vec<Server>,
+}
+
+/// The settings of the proxy, from the pool's spec.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Model {
+pub struct Proxy {
     /// The pool this config belongs to.
     pub pool: PoolRef,
     /// HAProxy name of the backend section: `be_<pool name>`.
@@ -38,8 +49,6 @@ pub struct Model {
     pub stats: Option<Stats>,
     /// Timeouts in HAProxy syntax, e.g. `5s`.
     pub timeouts: Timeouts,
-    /// Ready backends, sorted by name, names unique.
-    pub servers: Vec<Server>,
 }
 
 /// Name and namespace of the pool.
@@ -264,14 +273,16 @@ pub fn build(
     };
 
     Ok(Model {
-        backend_name: format!("be_{name}"),
-        pool: PoolRef { name, namespace },
-        frontend,
-        balance: spec.balance.keyword(),
-        health_check,
-        sticky_session,
-        stats,
-        timeouts,
+        proxy: Proxy {
+            backend_name: format!("be_{name}"),
+            pool: PoolRef { name, namespace },
+            frontend,
+            balance: spec.balance.keyword(),
+            health_check,
+            sticky_session,
+            stats,
+            timeouts,
+        },
         servers: servers(port, slices),
     })
 }
@@ -556,7 +567,8 @@ pub(crate) mod tests {
         let port = BackendPort {
             name: Some("http".into()),
         };
-        let cases: Vec<(fn(&mut LoadBalancerPool), &str)> = vec![
+        type Mutation = fn(&mut LoadBalancerPool);
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 |p| p.spec.timeouts.client = "5 s".into(),
                 "spec.timeouts.client",

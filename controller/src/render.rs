@@ -10,7 +10,9 @@ use handlebars::Handlebars;
 use sha2::{Digest, Sha256};
 
 use crate::conditions::reason;
-use crate::model::{InvalidPool, Model};
+use serde::Serialize;
+
+use crate::model::{InvalidPool, Model, Proxy};
 
 /// The built-in template: the lab's final haproxy.cfg, with the pool's options.
 pub const BUILT_IN_TEMPLATE: &str = include_str!("templates/haproxy.cfg.hbs");
@@ -62,6 +64,39 @@ pub fn config_hash(text: &str) -> String {
     out
 }
 
+/// What the built-in template sees: the proxy settings, and the `server`
+/// lines already rendered. Handlebars turns its data into JSON and walks
+/// `#each` item by item: 10 000 servers took 23 ms that way. User templates
+/// still get every server as data.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BuiltInView<'a> {
+    #[serde(flatten)]
+    proxy: &'a Proxy,
+    server_lines: String,
+}
+
+/// `    server <name> <address>:<port> check[ cookie <cookie>]` per server.
+/// Every value was validated for HAProxy when the model was built.
+fn server_lines(model: &Model) -> String {
+    let sticky = model.proxy.sticky_session.is_some();
+    let mut out = String::with_capacity(model.servers.len() * 64);
+    for s in &model.servers {
+        // `ipv6@` says which colon starts the port.
+        let family = if s.address.contains(':') { "ipv6@" } else { "" };
+        let _ = write!(
+            out,
+            "    server {} {family}{}:{} check",
+            s.name, s.address, s.port
+        );
+        if sticky {
+            let _ = write!(out, " cookie {}", s.cookie);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Renders models; holds the compiled built-in template.
 #[derive(Debug)]
 pub struct Renderer {
@@ -93,7 +128,14 @@ impl Renderer {
         model: &Model,
     ) -> Result<RenderedConfig, InvalidPool> {
         let text = match template {
-            Template::BuiltIn => self.registry.render(BUILT_IN, model).map_err(|e| {
+            Template::BuiltIn => {
+                let view = BuiltInView {
+                    proxy: &model.proxy,
+                    server_lines: server_lines(model),
+                };
+                self.registry.render(BUILT_IN, &view)
+            }
+            .map_err(|e| {
                 InvalidPool::new(reason::TEMPLATE_INVALID, format!("built-in template: {e}"))
             })?,
             Template::User { source, origin } => {
@@ -160,7 +202,7 @@ mod tests {
                 },
                 &{
                     let mut m = model_with_servers(0);
-                    m.stats = Some(crate::model::Stats {
+                    m.proxy.stats = Some(crate::model::Stats {
                         port: 1936,
                         uri: "/a&b=c".into(),
                         auth: false,

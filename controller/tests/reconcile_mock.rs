@@ -32,12 +32,14 @@ impl Validator for FakeValidator {
     }
 }
 
+/// Checks a request body and returns (status, response body).
+type Answer = Box<dyn Fn(&Value) -> (StatusCode, Value) + Send>;
+
 /// One expected request: method, path (without query), and the answer.
 struct Expect {
     method: Method,
     path: String,
-    /// Checks the request body and returns (status, response body).
-    answer: Box<dyn Fn(&Value) -> (StatusCode, Value) + Send>,
+    answer: Answer,
 }
 
 fn expect(

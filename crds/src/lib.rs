@@ -22,6 +22,8 @@ pub mod syntax;
 pub const GROUP: &str = "lbpool.dev";
 
 /// Desired state of a LoadBalancerPool.
+// Each `printcolumn(...)` repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "lbpool.dev",

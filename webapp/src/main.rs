@@ -80,12 +80,12 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResp
         *v
     };
     let mut out = HeaderMap::new();
-    if new {
-        if let Ok(v) =
+    // The session id is ASCII by construction; from_str cannot fail on it.
+    if new
+        && let Ok(v) =
             HeaderValue::from_str(&format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly"))
-        {
-            out.insert(SET_COOKIE, v);
-        }
+    {
+        out.insert(SET_COOKIE, v);
     }
     let answer = Answer {
         host: app.name.clone(),
