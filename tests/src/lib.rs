@@ -183,8 +183,8 @@ impl TestNamespace {
     }
 
     /// A log file to print if the test fails.
-    pub fn keep_log(&mut self, path: PathBuf) {
-        self.logs.push(path);
+    pub fn keep_log(&mut self, path: Option<PathBuf>) {
+        self.logs.extend(path);
     }
 
     fn dump(&self) {
@@ -255,16 +255,27 @@ pub fn controller_kubeconfig(dir: &Path) -> PathBuf {
     path
 }
 
-/// The controller as a local process, watching one namespace with its
-/// ServiceAccount's token. Killed when dropped.
+/// The controller under test: a local process watching one namespace with
+/// its ServiceAccount's token, or (with `LBPOOL_CONTROLLER=in-cluster`, the
+/// kind path) the Deployment in `lbpool-system`.
 #[derive(Debug)]
-pub struct ControllerProcess {
-    child: Child,
-    pub log: PathBuf,
+pub enum ControllerProcess {
+    Local { child: Child, log: PathBuf },
+    InCluster,
 }
+
+const IN_CLUSTER_SELECTOR: [&str; 4] = [
+    "-n",
+    "lbpool-system",
+    "-l",
+    "app.kubernetes.io/name=lbpool-controller",
+];
 
 impl ControllerProcess {
     pub fn start(namespace: &str, dir: &Path) -> Self {
+        if Self::in_cluster() {
+            return Self::InCluster;
+        }
         let bin = required_env("LBPOOL_CONTROLLER_BIN", "the lbpool-controller binary");
         let kubeconfig = controller_kubeconfig(dir);
         let log = dir.join(format!("controller-{}.log", random() & 0xffff));
@@ -278,20 +289,66 @@ impl ControllerProcess {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        Self { child, log }
+        Self::Local { child, log }
     }
 
-    /// Stops the process (SIGKILL: what a crash or an eviction looks like).
+    /// Whether the tests drive the controller deployed in the cluster.
+    pub fn in_cluster() -> bool {
+        std::env::var("LBPOOL_CONTROLLER").as_deref() == Ok("in-cluster")
+    }
+
+    /// The local process's log file, to print when a test fails.
+    pub fn log_path(&self) -> Option<PathBuf> {
+        match self {
+            Self::Local { log, .. } => Some(log.clone()),
+            Self::InCluster => None,
+        }
+    }
+
+    /// Everything the controller logged so far.
+    pub fn log_text(&self) -> String {
+        match self {
+            Self::Local { log, .. } => std::fs::read_to_string(log).unwrap_or_default(),
+            Self::InCluster => {
+                let mut args = vec!["logs", "--tail=-1"];
+                args.extend(IN_CLUSTER_SELECTOR);
+                kubectl(&args).unwrap_or_else(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Stops the controller the hard way (SIGKILL, or a pod deletion): what
+    /// a crash or an eviction looks like.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self {
+            Self::Local { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Self::InCluster => {
+                let mut args = vec!["delete", "pod", "--grace-period=0", "--force"];
+                args.extend(IN_CLUSTER_SELECTOR);
+                kubectl(&args).expect("delete the controller pod");
+                kubectl(&[
+                    "rollout",
+                    "status",
+                    "deployment/lbpool-controller",
+                    "-n",
+                    "lbpool-system",
+                    "--timeout=120s",
+                ])
+                .expect("controller back");
+            }
+        }
     }
 }
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Self::Local { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
