@@ -1,8 +1,9 @@
 //! Wiring: arguments, logging, the watches, the admin server, shutdown.
 //!
 //! The controller watches LoadBalancerPools, the ConfigMaps it generated
-//! (`.owns`), and EndpointSlices and Deployments, which it maps to the pools
-//! that name them through a lookup in the pool store (no API call per event).
+//! (`.owns`), and EndpointSlices, Deployments and template ConfigMaps, which
+//! it maps to the pools that name them through a lookup in the pool store
+//! (no API call per event).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +117,20 @@ pub fn pools_for_deployment(
     pools_where(store, d.namespace(), |p| p.spec.haproxy.deployment == name)
 }
 
+/// Pools whose template is this ConfigMap.
+pub fn pools_for_template(
+    store: &Store<LoadBalancerPool>,
+    cm: &ConfigMap,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let name = cm.name_any();
+    pools_where(store, cm.namespace(), |p| {
+        p.spec
+            .template
+            .as_ref()
+            .is_some_and(|t| t.config_map == name)
+    })
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
@@ -150,7 +165,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         watcher::Config::default(),
     );
     let store = controller.store();
-    let (slice_store, deployment_store) = (store.clone(), store.clone());
+    let (slice_store, deployment_store, template_store) =
+        (store.clone(), store.clone(), store.clone());
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     let controller = controller
@@ -164,6 +180,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             api::<Deployment>(&client, ns),
             watcher::Config::default(),
             move |d| pools_for_deployment(&deployment_store, &d),
+        )
+        // User templates: an edit re-renders the pools that use it. Objects
+        // are mapped and dropped, not cached.
+        .watches(
+            api::<ConfigMap>(&client, ns),
+            watcher::Config::default(),
+            move |cm| pools_for_template(&template_store, &cm),
         )
         .shutdown_on_signal();
 
@@ -253,6 +276,27 @@ mod tests {
         let mut s = slice("x", "http", 3000, &[]);
         s.metadata.labels = None;
         assert!(pools_for_slice(&store, &s).is_empty());
+    }
+
+    #[test]
+    fn a_config_map_maps_to_the_pools_whose_template_it_holds() {
+        let mut templated = pool();
+        templated.spec.template = Some(lbpool_crds::TemplateRef {
+            config_map: "my-template".into(),
+            key: "haproxy.cfg.hbs".into(),
+        });
+        let mut plain = pool();
+        plain.metadata.name = Some("plain".into());
+        let store = store_with(vec![templated, plain]);
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some("my-template".into());
+        cm.metadata.namespace = Some("demo".into());
+        assert_eq!(
+            pools_for_template(&store, &cm),
+            vec![ObjectRef::new("webapp").within("demo")]
+        );
+        cm.metadata.namespace = Some("other".into());
+        assert!(pools_for_template(&store, &cm).is_empty());
     }
 
     #[test]

@@ -19,6 +19,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+pub mod demo;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 

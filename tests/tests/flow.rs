@@ -2,147 +2,16 @@
 //! nodes. The controller runs as a local process with its ServiceAccount's
 //! token under the manifests' RBAC.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::Api;
-use kube::api::ListParams;
-use lbpool_crds::LoadBalancerPool;
-use lbpool_tests::{
-    ControllerProcess, TestNamespace, admin_client, apply_yaml, eventually, kubectl, repo,
-    scratch_dir,
-};
-
-const WAIT: Duration = Duration::from_secs(60);
-const HASH: &str = "lbpool.dev/config-hash";
-
-struct Env {
-    pools: Api<LoadBalancerPool>,
-    pods: Api<Pod>,
-    config_maps: Api<ConfigMap>,
-    deployments: Api<Deployment>,
-    replica_sets: Api<ReplicaSet>,
-}
-
-impl Env {
-    async fn new(ns: &str) -> Self {
-        let c = admin_client().await;
-        Self {
-            pools: Api::namespaced(c.clone(), ns),
-            pods: Api::namespaced(c.clone(), ns),
-            config_maps: Api::namespaced(c.clone(), ns),
-            deployments: Api::namespaced(c.clone(), ns),
-            replica_sets: Api::namespaced(c, ns),
-        }
-    }
-
-    /// Addresses of the `server` lines in the published haproxy.cfg.
-    async fn config_addresses(&self) -> Result<BTreeSet<String>, String> {
-        let cm = self
-            .config_maps
-            .get("webapp-haproxy")
-            .await
-            .map_err(|e| e.to_string())?;
-        let cfg = cm
-            .data
-            .unwrap_or_default()
-            .remove("haproxy.cfg")
-            .unwrap_or_default();
-        Ok(cfg
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("server "))
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.to_owned()))
-            .collect())
-    }
-
-    /// IPs of the webapp pods that are Ready and not terminating.
-    async fn ready_pod_ips(&self) -> BTreeSet<String> {
-        let pods = self
-            .pods
-            .list(&ListParams::default().labels("app.kubernetes.io/name=webapp"))
-            .await
-            .expect("list pods");
-        pods.items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .filter_map(|p| p.status.and_then(|s| s.pod_ip))
-            .collect()
-    }
-
-    async fn deployed_hash(&self) -> Option<String> {
-        let d = self
-            .deployments
-            .get("haproxy")
-            .await
-            .expect("haproxy deployment");
-        d.spec.template.metadata?.annotations?.remove(HASH)
-    }
-
-    async fn haproxy_replica_set_hashes(&self) -> BTreeSet<String> {
-        let rs = self
-            .replica_sets
-            .list(&ListParams::default().labels("app.kubernetes.io/name=haproxy"))
-            .await
-            .expect("list replicasets");
-        rs.items
-            .into_iter()
-            .filter_map(|r| r.spec.template?.metadata?.annotations?.remove(HASH))
-            .collect()
-    }
-
-    /// Waits until the config, the status and the Deployment all describe
-    /// exactly `n` ready pods; returns the config hash.
-    async fn converged(&self, n: usize) -> String {
-        eventually(&format!("config, status and rollout for {n} ready pods"), WAIT, || async {
-            let pods = self.ready_pod_ips().await;
-            let config = self.config_addresses().await?;
-            let pool = self.pools.get("webapp").await.map_err(|e| e.to_string())?;
-            let status = pool.status.unwrap_or_default();
-            let hash = status.config_hash.clone().unwrap_or_default();
-            let deployed = self.deployed_hash().await;
-            let rolled = self.haproxy_replica_set_hashes().await.contains(&hash);
-            if pods.len() == n && config == pods && status.ready_backends as usize == n && deployed.as_ref() == Some(&hash) && rolled {
-                Ok(hash)
-            } else {
-                Err(format!(
-                    "pods {pods:?}, config {config:?}, ready {} , status hash {hash}, deployed {deployed:?}, replica set for it: {rolled}",
-                    status.ready_backends
-                ))
-            }
-        })
-        .await
-    }
-}
-
-fn scale(ns: &str, replicas: u32) {
-    kubectl(&[
-        "scale",
-        "deployment",
-        "webapp",
-        "-n",
-        ns,
-        &format!("--replicas={replicas}"),
-    ])
-    .expect("kubectl scale");
-}
+use lbpool_tests::demo::{Env, WAIT, apply_demo, make_one_pod_not_ready, scale};
+use lbpool_tests::{ControllerProcess, TestNamespace, eventually, kubectl, scratch_dir};
 
 #[tokio::test]
 async fn scaling_the_webapp_keeps_haproxy_in_step() {
     let mut ns = TestNamespace::create("flow");
     let n = ns.name.clone();
-    for file in ["webapp.yaml", "haproxy.yaml", "pool.yaml"] {
-        let yaml = std::fs::read_to_string(repo().join("manifests/demo").join(file)).expect(file);
-        apply_yaml(&n, &yaml).unwrap_or_else(|e| panic!("apply {file}: {e}"));
-    }
+    apply_demo(&n, &["webapp.yaml", "haproxy.yaml", "pool.yaml"]);
     let dir = scratch_dir(&n);
     let controller = ControllerProcess::start(&n, &dir);
     ns.keep_log(controller.log_path());
@@ -255,39 +124,4 @@ async fn scaling_the_webapp_keeps_haproxy_in_step() {
         }
     })
     .await;
-}
-
-async fn make_one_pod_not_ready(env: &Env, ns: &str) {
-    let ready = env.ready_pod_ips().await;
-    let pods = env
-        .pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=webapp"))
-        .await
-        .expect("pods");
-    let victim = pods
-        .items
-        .iter()
-        .find(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.as_ref())
-                    .is_some_and(|ip| ready.contains(ip))
-        })
-        .and_then(|p| p.metadata.name.clone())
-        .expect("a ready pod");
-    let patch =
-        r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"TestNotReady"}]}}"#;
-    kubectl(&[
-        "patch",
-        "pod",
-        &victim,
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=strategic",
-        "-p",
-        patch,
-    ])
-    .expect("make a pod not ready");
 }
