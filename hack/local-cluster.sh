@@ -9,6 +9,7 @@
 #   hack/local-cluster.sh down     stop every process, remove the state
 #   hack/local-cluster.sh status   what runs
 #   hack/local-cluster.sh logs     paths of the component logs
+#   hack/local-cluster.sh restart kube-apiserver   stop one component, start it again
 #
 # State (certificates, etcd data, logs, kubeconfig) lives in $LBPOOL_CLUSTER_DIR,
 # by default <cache>/cluster.
@@ -223,11 +224,25 @@ status() {
   done
 }
 
+# Stops one component and starts it again with the same flags (fault tests).
+restart() {
+  local name=$1 p
+  p=$(pid_of "$name")
+  [ -n "$p" ] || die "$name is not running"
+  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p"
+  for _ in $(seq 40); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL -- "-$p" 2>/dev/null || true
+  rm -f "$dir/run/$name.pid"
+  say "$name stopped; starting it again"
+  up >/dev/null
+}
+
 case "${1:-}" in
   up) up ;;
+  restart) restart "${2:?usage: $0 restart COMPONENT}" ;;
   down) shift; down "$@" ;;
   status) status ;;
   logs) ls "$dir/logs"/*.log ;;
   kubeconfig) echo "$dir/admin.kubeconfig" ;;
-  *) echo "usage: $0 up|down [--keep]|status|logs|kubeconfig" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down [--keep]|restart COMPONENT|status|logs|kubeconfig" >&2; exit 2 ;;
 esac

@@ -210,8 +210,15 @@ pub fn build(
     slices: &[EndpointSlice],
 ) -> Result<Model, InvalidPool> {
     let spec = &pool.spec;
+    // The API server guarantees both; they reach the config, so check anyway.
     let name = pool.metadata.name.clone().unwrap_or_default();
     let namespace = pool.metadata.namespace.clone().unwrap_or_default();
+    if !syntax::is_dns_subdomain(&name) || !syntax::is_dns_label(&namespace) {
+        return Err(InvalidPool::new(
+            reason::INVALID_SPEC,
+            format!("metadata: {namespace:?}/{name:?} is not a valid namespace/name"),
+        ));
+    }
 
     let health_check = spec
         .health_check

@@ -54,6 +54,9 @@ pub struct Context {
     /// can lag behind the status this process just wrote; the rate limit must
     /// not (the later of the two counts).
     rollouts: Mutex<HashMap<String, Timestamp>>,
+    /// The last problem reported per pool (reason, message), for the same
+    /// reason: a stale cached status must not repeat the Event and log line.
+    reported: Mutex<HashMap<String, (&'static str, String)>>,
 }
 
 impl Context {
@@ -72,6 +75,7 @@ impl Context {
             validated: Mutex::default(),
             failures: Mutex::default(),
             rollouts: Mutex::default(),
+            reported: Mutex::default(),
         }
     }
 }
@@ -381,7 +385,9 @@ async fn publish(
         }
     };
 
-    if let Some((reason, _)) = desired::invalid_reason(pool.status.as_ref()) {
+    let was_reported = lock(&ctx.reported).remove(&pool_key);
+    let was_invalid = desired::invalid_reason(pool.status.as_ref()).map(|(r, _)| r.to_owned());
+    if let Some(reason) = was_invalid.or(was_reported.map(|(r, _)| r.to_owned())) {
         let note = format!(
             "config {} is valid again (was {reason})",
             p.config.revision()
@@ -411,9 +417,11 @@ async fn report_invalid(
     apis: &Apis,
     invalid: &InvalidPool,
 ) -> Result<(), Error> {
-    let unchanged = desired::invalid_reason(pool.status.as_ref())
+    let current = (invalid.reason, invalid.message.clone());
+    let in_status = desired::invalid_reason(pool.status.as_ref())
         == Some((invalid.reason, invalid.message.as_str()));
-    if !unchanged {
+    let already_reported = lock(&ctx.reported).insert(key(pool), current.clone()) == Some(current);
+    if !in_status && !already_reported {
         warn!(pool = %key(pool), reason = invalid.reason, message = %invalid.message, "pool cannot be served; the last good config stays");
         ctx.metrics.invalid.inc();
         let ev = event(

@@ -90,9 +90,10 @@ pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> anyh
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "kubectl {}: {}",
+            "kubectl {}: {} {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -144,6 +144,80 @@ fn invalid_pools() -> Vec<(&'static str, String, &'static str)> {
             "backend: {service: webapp}\n".into(),
             "spec.haproxy: Required value",
         ),
+        (
+            "non-ASCII cookie",
+            with("stickySession: {cookie: \"SÉRVERID\"}"),
+            "spec.stickySession.cookie",
+        ),
+        (
+            "quote in a path",
+            with("healthCheck: {path: \"/\\\"x\"}"),
+            "spec.healthCheck.path",
+        ),
+        (
+            "# in the stats uri",
+            with("stats: {uri: \"/stats#x\"}"),
+            "spec.stats.uri",
+        ),
+        (
+            "$ in a path",
+            with("healthCheck: {path: \"/${HOME}\"}"),
+            "spec.healthCheck.path",
+        ),
+        (
+            "space in a cookie",
+            with("stickySession: {cookie: \"ID x\"}"),
+            "spec.stickySession.cookie",
+        ),
+        (
+            "huge service name",
+            format!(
+                "backend: {{service: {}}}\nhaproxy: {{deployment: haproxy}}\n",
+                "a".repeat(300)
+            ),
+            "spec.backend.service",
+        ),
+        (
+            "huge timeout",
+            with("timeouts: {server: 99999999s}"),
+            "spec.timeouts.server",
+        ),
+        (
+            "duration without unit",
+            with("rollout: {minInterval: \"5\"}"),
+            "spec.rollout.minInterval",
+        ),
+        (
+            "port as a word",
+            with("frontend: {port: eighty}"),
+            "spec.frontend.port",
+        ),
+        (
+            "fall zero",
+            with("healthCheck: {fall: 0}"),
+            "spec.healthCheck.fall",
+        ),
+        (
+            "uppercase ConfigMap name",
+            "backend: {service: webapp}\nhaproxy: {deployment: haproxy, configMap: Haproxy}\n"
+                .into(),
+            "spec.haproxy.configMap",
+        ),
+        (
+            "template key with a slash",
+            with("template: {configMap: tpl, key: a/b}"),
+            "spec.template.key",
+        ),
+        (
+            "unknown check method",
+            with("healthCheck: {method: DELETE}"),
+            "spec.healthCheck.method",
+        ),
+        (
+            "newline in a deployment name",
+            "backend: {service: webapp}\nhaproxy: {deployment: \"haproxy\\nbind :1\"}\n".into(),
+            "spec.haproxy.deployment",
+        ),
         ("wrong type", with("balance: 3"), "spec.balance"),
     ]
 }
@@ -161,6 +235,10 @@ async fn invalid_pools_are_rejected_with_a_message_that_names_the_field() {
             "{what}: expected {expected:?} in:\n{message}"
         );
     }
+    eprintln!(
+        "{} invalid pools rejected by the API server",
+        invalid_pools().len()
+    );
     let left = kubectl(&["get", "lbp", "-n", &ns.name, "-o", "name"]).expect("list");
     assert!(left.trim().is_empty(), "nothing was created: {left}");
 }

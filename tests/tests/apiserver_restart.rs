@@ -1,0 +1,39 @@
+//! The API server restarted under a running controller. A test binary of its
+//! own, so that no other test runs while the API server is down.
+
+use std::process::Command;
+
+use lbpool_tests::demo::{Env, apply_demo, scale};
+use lbpool_tests::{ControllerProcess, TestNamespace, repo, scratch_dir};
+
+#[tokio::test]
+async fn the_controller_resumes_after_an_api_server_restart() {
+    if ControllerProcess::in_cluster() {
+        eprintln!("in-cluster run: the API server of a kind cluster is not restarted by the tests");
+        return;
+    }
+    let mut ns = TestNamespace::create("apirestart");
+    apply_demo(&ns.name, &["webapp.yaml", "haproxy.yaml", "pool.yaml"]);
+    let controller = ControllerProcess::start(&ns.name, &scratch_dir(&ns.name));
+    ns.keep_log(controller.log_path());
+    let env = Env::new(&ns.name).await;
+    env.converged(2).await;
+
+    let status = Command::new("bash")
+        .arg(repo().join("hack/local-cluster.sh"))
+        .args(["restart", "kube-apiserver"])
+        .status()
+        .expect("run hack/local-cluster.sh");
+    assert!(
+        status.success(),
+        "restart kube-apiserver (needs LBPOOL_CLUSTER_DIR of the test cluster)"
+    );
+
+    // The same controller process, never restarted, converges on a change
+    // made after the API server came back.
+    scale(&ns.name, 4);
+    env.converged(4).await;
+    let log = controller.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    eprintln!("the controller survived an API server restart");
+}

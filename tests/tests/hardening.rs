@@ -1,0 +1,410 @@
+//! Hardening: never publish a config HAProxy rejects, never storm rollouts,
+//! report bad input without touching anything else, survive faults.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use lbpool_tests::demo::{Env, WAIT, apply_demo, scale};
+use lbpool_tests::{
+    ControllerProcess, TestNamespace, apply_yaml, eventually, kubectl, scratch_dir,
+};
+use serde_json::json;
+
+/// A namespace with the demo workload and a controller watching it.
+async fn setup(prefix: &str, files: &[&str]) -> (TestNamespace, Env, ControllerProcess) {
+    let mut ns = TestNamespace::create(prefix);
+    apply_demo(&ns.name, files);
+    let controller = ControllerProcess::start(&ns.name, &scratch_dir(&ns.name));
+    ns.keep_log(controller.log_path());
+    let env = Env::new(&ns.name).await;
+    (ns, env, controller)
+}
+
+fn template_config_map(body: &str) -> String {
+    let indented: String = body.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tpl\ndata:\n  haproxy.cfg.hbs: |\n{indented}"
+    )
+}
+
+const GOOD_TEMPLATE: &str = "\
+global
+  maxconn 100
+defaults
+  mode http
+  timeout connect {{timeouts.connect}}
+  timeout client {{timeouts.client}}
+  timeout server {{timeouts.server}}
+frontend fe
+  bind :{{frontend.port}}
+  default_backend {{backendName}}
+backend {{backendName}}
+  balance {{balance}}
+{{#each servers}}
+  server {{name}} {{address}}:{{port}} check
+{{/each}}";
+
+/// Pool `webapp` of the demo, with `extra` spec lines.
+fn pool_with(extra: &str) -> String {
+    format!(
+        "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: webapp\nspec:\n  backend: {{service: webapp, port: http}}\n  haproxy: {{deployment: haproxy}}\n{extra}"
+    )
+}
+
+async fn condition(env: &Env, pool: &str, type_: &str) -> Option<(String, String, String)> {
+    let p = env.pools.get(pool).await.ok()?;
+    let c = p
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn config_text(env: &Env, name: &str) -> Option<String> {
+    let cm = env.config_maps.get_opt(name).await.ok()??;
+    cm.data?.remove("haproxy.cfg")
+}
+
+async fn deployment_generation(env: &Env) -> i64 {
+    env.deployments
+        .get("haproxy")
+        .await
+        .expect("haproxy deployment")
+        .metadata
+        .generation
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_config_haproxy_rejects_is_never_published() {
+    let (ns, env, controller) = setup("gate", &["webapp.yaml", "haproxy.yaml"]).await;
+    let n = ns.name.clone();
+    apply_yaml(&n, &template_config_map(GOOD_TEMPLATE)).expect("template");
+    apply_yaml(&n, &pool_with("  template: {configMap: tpl}\n")).expect("pool");
+    let good = env.converged(2).await;
+    let published = config_text(&env, "webapp-haproxy")
+        .await
+        .expect("published config");
+    let generation = deployment_generation(&env).await;
+
+    // `balance` with a suffix HAProxy does not know.
+    let broken = GOOD_TEMPLATE.replace("balance {{balance}}", "balance {{balance}}-broken");
+    apply_yaml(&n, &template_config_map(&broken)).expect("broken template");
+    let (_, reason, message) = eventually("ConfigValid=False", WAIT, || async {
+        match condition(&env, "webapp", "ConfigValid").await {
+            Some(c) if c.0 == "False" => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(reason, "HAProxyRejected");
+    assert!(
+        message.contains("balance only supports"),
+        "HAProxy's own message: {message}"
+    );
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &n,
+        "-o",
+        "jsonpath={range .items[*]}{.type} {.reason}{\"\\n\"}{end}",
+    ])
+    .expect("events");
+    assert!(
+        events.contains("Warning HAProxyRejected"),
+        "Warning Event: {events}"
+    );
+    let log = controller.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("HAProxyRejected") && l.contains(&n))
+        .collect();
+    assert_eq!(lines.len(), 1, "one log line naming the pool: {lines:#?}");
+    // Nothing moved: the last good config stays, no rollout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        config_text(&env, "webapp-haproxy").await.as_deref(),
+        Some(published.as_str())
+    );
+    assert_eq!(deployment_generation(&env).await, generation, "no rollout");
+    assert_eq!(env.deployed_hash().await.as_deref(), Some(good.as_str()));
+
+    // Fixed: the condition clears and the new config is published.
+    let fixed = GOOD_TEMPLATE.replace("maxconn 100", "maxconn 200");
+    apply_yaml(&n, &template_config_map(&fixed)).expect("fixed template");
+    eventually("the fixed config to be published", WAIT, || async {
+        let text = config_text(&env, "webapp-haproxy")
+            .await
+            .unwrap_or_default();
+        if text.contains("maxconn 200") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    let hash = env.converged(2).await;
+    assert_ne!(hash, good);
+    let (status, ..) = condition(&env, "webapp", "ConfigValid")
+        .await
+        .expect("condition");
+    assert_eq!(status, "True");
+}
+
+/// (pool name, extra spec lines, expected condition type, reason, text in the message).
+fn accepted_but_invalid() -> Vec<(
+    &'static str,
+    String,
+    &'static str,
+    &'static str,
+    &'static str,
+)> {
+    let pool = |name: &str, backend: &str, extra: &str| {
+        format!(
+            "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {backend}\n  haproxy: {{deployment: haproxy, configMap: {name}-cfg}}\n{extra}"
+        )
+    };
+    vec![
+        ("no-service", pool("no-service", "{service: nothing-here}", ""), "ConfigValid", "ServiceNotFound", "spec.backend.service"),
+        ("no-port", pool("no-port", "{service: webapp, port: grpc}", ""), "ConfigValid", "PortNotFound", "spec.backend.port"),
+        ("no-port-number", pool("no-port-number", "{service: webapp, port: 8443}", ""), "ConfigValid", "PortNotFound", "no port 8443"),
+        ("two-ports", pool("two-ports", "{service: twoports}", ""), "ConfigValid", "PortNotFound", "has 2 ports"),
+        ("no-template", pool("no-template", "{service: webapp}", "  template: {configMap: missing}\n"), "ConfigValid", "TemplateNotFound", "spec.template.configMap"),
+        ("no-key", pool("no-key", "{service: webapp}", "  template: {configMap: tpl, key: other.hbs}\n"), "ConfigValid", "TemplateNotFound", "spec.template.key"),
+        ("unknown-var", pool("unknown-var", "{service: webapp}", "  template: {configMap: bad-vars}\n"), "ConfigValid", "TemplateInvalid", "backendNam"),
+        ("bad-syntax", pool("bad-syntax", "{service: webapp}", "  template: {configMap: bad-syntax}\n"), "ConfigValid", "TemplateInvalid", "bad-syntax/haproxy.cfg.hbs"),
+        ("no-listener", pool("no-listener", "{service: webapp}", "  template: {configMap: no-listener}\n"), "ConfigValid", "HAProxyRejected", "no listener"),
+        ("no-deployment", "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: no-deployment\nspec:\n  backend: {service: webapp}\n  haproxy: {deployment: nowhere, configMap: no-deployment-cfg}\n".into(), "Ready", "DeploymentNotFound", "spec.haproxy.deployment"),
+    ]
+}
+
+#[tokio::test]
+async fn bad_input_the_api_accepts_is_reported_and_changes_nothing_else() {
+    let (ns, env, _controller) = setup("badinput", &["webapp.yaml", "haproxy.yaml"]).await;
+    let n = ns.name.clone();
+    apply_yaml(&n, &template_config_map(GOOD_TEMPLATE)).expect("template");
+    let extra_objects = "\
+apiVersion: v1
+kind: Service
+metadata: {name: twoports}
+spec:
+  selector: {app.kubernetes.io/name: webapp}
+  ports: [{name: http, port: 80, targetPort: http}, {name: admin, port: 81, targetPort: http}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: bad-vars}
+data: {haproxy.cfg.hbs: \"backend {{backendNam}}\\n\"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: bad-syntax}
+data: {haproxy.cfg.hbs: \"{{#each servers}}\\n\"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: no-listener}
+data: {haproxy.cfg.hbs: \"defaults\\n  mode http\\n\"}
+";
+    apply_yaml(&n, extra_objects).expect("supporting objects");
+    let generation = deployment_generation(&env).await;
+    let cases = accepted_but_invalid();
+    for (_, yaml, ..) in &cases {
+        apply_yaml(&n, yaml).expect("the API server accepts it");
+    }
+    for (name, _, type_, reason, text) in &cases {
+        let (status, got_reason, message) =
+            eventually(&format!("{name}: {type_}={reason}"), WAIT, || async {
+                match condition(&env, name, type_).await {
+                    Some(c) if c.1 == *reason => Ok(c),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+        assert_eq!(
+            (status.as_str(), got_reason.as_str()),
+            ("False", *reason),
+            "{name}"
+        );
+        assert!(
+            message.contains(text),
+            "{name}: {text:?} not in {message:?}"
+        );
+        if *type_ == "ConfigValid" {
+            assert!(
+                config_text(&env, &format!("{name}-cfg")).await.is_none(),
+                "{name}: no ConfigMap is written for an invalid pool"
+            );
+        }
+    }
+    assert_eq!(
+        deployment_generation(&env).await,
+        generation,
+        "the HAProxy Deployment was not touched"
+    );
+    eprintln!(
+        "{} accepted-but-invalid pools reported on status",
+        cases.len()
+    );
+}
+
+async fn scale_to(env: &Env, replicas: i32) {
+    let deployments: &kube::Api<Deployment> =
+        &kube::Api::namespaced(lbpool_tests::admin_client().await, &env.ns);
+    deployments
+        .patch(
+            "webapp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .expect("scale");
+}
+
+#[tokio::test]
+async fn a_scaling_burst_rolls_at_most_twice() {
+    let (ns, env, _controller) =
+        setup("burst", &["webapp.yaml", "haproxy.yaml", "pool.yaml"]).await;
+    scale(&ns.name, 1);
+    env.converged(1).await;
+    // Let the interval of the last rollout pass, as between two real bursts.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let before = deployment_generation(&env).await;
+    scale(&ns.name, 30);
+    env.converged(30).await;
+    let one_step = deployment_generation(&env).await - before;
+    eprintln!("1 -> 30 in one step: {one_step} rollouts");
+    assert!(
+        (1..=2).contains(&one_step),
+        "1 -> 30 in one step rolled {one_step} times"
+    );
+
+    scale(&ns.name, 1);
+    env.converged(1).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = deployment_generation(&env).await;
+    let started = std::time::Instant::now();
+    for replicas in 2..=30 {
+        scale_to(&env, replicas).await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    let burst = started.elapsed();
+    env.converged(30).await;
+    let one_by_one = deployment_generation(&env).await - before;
+    eprintln!("1 -> 30 one replica at a time over {burst:?}: {one_by_one} rollouts");
+    assert!(
+        (1..=2).contains(&one_by_one),
+        "1 -> 30 one at a time rolled {one_by_one} times"
+    );
+}
+
+#[tokio::test]
+async fn faults_are_survived() {
+    let (ns, env, controller) =
+        setup("faults", &["webapp.yaml", "haproxy.yaml", "pool.yaml"]).await;
+    let n = ns.name.clone();
+    let hash = env.converged(2).await;
+    let published = config_text(&env, "webapp-haproxy").await.expect("config");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let generation = deployment_generation(&env).await;
+    // 1. The ConfigMap edited by hand (another field manager takes haproxy.cfg).
+    let edit = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: webapp-haproxy\ndata:\n  haproxy.cfg: \"# edited by hand\\n\"\n";
+    kubectl_apply_as(&n, edit, "someone-else");
+    config_becomes(&env, &published, "the edited ConfigMap to be restored").await;
+
+    // 2. The ConfigMap deleted.
+    kubectl(&["delete", "configmap", "webapp-haproxy", "-n", &n]).expect("delete ConfigMap");
+    config_becomes(&env, &published, "the deleted ConfigMap to be recreated").await;
+    assert_eq!(
+        deployment_generation(&env).await,
+        generation,
+        "same config, no rollout"
+    );
+
+    // 3. A conflicting write of the rollout annotation.
+    let conflict = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: haproxy\nspec:\n  template:\n    metadata:\n      annotations:\n        lbpool.dev/config-hash: sha256:not-ours\n";
+    kubectl_apply_as(&n, conflict, "someone-else");
+    eventually("the annotation to be taken back", WAIT, || async {
+        match env.deployed_hash().await {
+            Some(h) if h == hash => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // 4. The HAProxy Deployment deleted and recreated.
+    kubectl(&["delete", "deployment", "haproxy", "-n", &n]).expect("delete Deployment");
+    apply_demo(&n, &["haproxy.yaml"]);
+    eventually("the recreated Deployment to be annotated", WAIT, || async {
+        match env.deployed_hash().await {
+            Some(h) if h == hash => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // 5. The controller killed in the middle of reconciling a burst.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    scale(&n, 8);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    controller.kill();
+    let restarted = ControllerProcess::start(&n, &scratch_dir(&n));
+    let mut ns = ns;
+    ns.keep_log(restarted.log_path());
+    let final_hash = env.converged(8).await;
+    let settled = deployment_generation(&env).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        deployment_generation(&env).await,
+        settled,
+        "no extra rollout after convergence"
+    );
+    assert_eq!(
+        env.deployed_hash().await.as_deref(),
+        Some(final_hash.as_str())
+    );
+    let text = config_text(&env, "webapp-haproxy")
+        .await
+        .unwrap_or_default();
+    let ips = env.ready_pod_ips().await;
+    assert!(
+        ips.iter().all(|ip| text.contains(&format!(" {ip}:3000 "))),
+        "every pod in the config"
+    );
+    eprintln!(
+        "faults survived: ConfigMap edited, ConfigMap deleted, annotation overwritten, Deployment recreated, controller killed mid-burst"
+    );
+}
+
+async fn config_becomes(env: &Env, want: &str, what: &str) {
+    eventually(what, WAIT, || async {
+        match config_text(env, "webapp-haproxy").await {
+            Some(t) if t == want => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+fn kubectl_apply_as(ns: &str, yaml: &str, manager: &str) {
+    lbpool_tests::kubectl_as(
+        &lbpool_tests::admin_kubeconfig(),
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            manager,
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ],
+        Some(yaml),
+    )
+    .unwrap_or_else(|e| panic!("apply as {manager}: {e}"));
+}
