@@ -143,8 +143,8 @@ fn words(line: &[&str]) -> Option<usize> {
         ("log", Some("global")) => 2,
         ("log", _) => 5,
         (
-            "maxconn" | "mode" | "listen" | "bind" | "frontend" | "default_backend" | "backend"
-            | "balance",
+            "maxconn" | "hard-stop-after" | "mode" | "listen" | "bind" | "frontend"
+            | "default_backend" | "backend" | "balance",
             _,
         ) => 2,
         ("option", Some("httpchk")) => 4,
@@ -169,8 +169,9 @@ fn assert_exact_directives(model: &Model, text: &str) {
         .collect();
     let p = &model.proxy;
     let stats = p.stats.as_ref().map_or(0, |s| 4 + usize::from(s.auth));
-    let expected = 3
-        + 8
+    // global 4, defaults 9, frontend 3, backend 4, then what the options add.
+    let expected = 4
+        + 9
         + 3
         + 4
         + stats

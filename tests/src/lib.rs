@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod dataplane;
 pub mod demo;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};

@@ -1,7 +1,8 @@
 //! The demo backend, like the lab's node.js app: `GET /` answers JSON with the
 //! host name, the address the request arrived on, and a view counter kept per
-//! session (cookie `webapp_session`) in this process. `GET /healthz` answers
-//! 200 while the process serves; SIGTERM drains and exits.
+//! session (cookie `webapp_session`) in this process. `GET /slow?ms=N` does the
+//! same after N ms. `GET /healthz` answers 200 while the process serves;
+//! SIGTERM drains and exits.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -96,6 +97,23 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResp
     (out, Json(answer))
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct SlowQuery {
+    ms: Option<u64>,
+}
+
+/// `GET /slow?ms=N`: answers like `/` after N ms (at most 10 s), holding a
+/// connection open the way a slow request does.
+async fn slow(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<SlowQuery>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let wait = q.ms.unwrap_or(1000).min(10_000);
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    index(State(app), headers).await
+}
+
 fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -135,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let router = Router::new()
         .route("/", get(index).head(|| async {}))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/slow", get(slow))
         .with_state(app.clone());
     tracing::info!(listen = %local, name = %app.name, "webapp serving");
     axum::serve(listener, router)
