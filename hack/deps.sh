@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo need, if any is missing:
 # haproxy (validates every config; runs them in the data-plane tests), openssl
-# (the local cluster's certificates), curl, iproute2 (network namespaces), wrk.
+# (the local cluster's certificates), curl, iproute2 (network namespaces).
 set -euo pipefail
 
 say() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -11,7 +11,7 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
-command -v wrk >/dev/null || missing+=(wrk)
+
 for tool in go cargo; do
   command -v "$tool" >/dev/null || { say "ERROR: $tool is not installed (Go >= 1.26 and Rust are needed)"; exit 1; }
 done
