@@ -9,7 +9,8 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::api::ListParams;
-use lbpool_crds::LoadBalancerPool;
+use kube::api::{Patch, PatchParams};
+use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
 
 use crate::{admin_client, apply_yaml, eventually, kubectl, repo};
 
@@ -78,6 +79,22 @@ impl Env {
             })
             .filter_map(|p| p.status.and_then(|s| s.pod_ip))
             .collect()
+    }
+
+    /// The pool's status (empty before the controller wrote one).
+    pub async fn status(&self) -> LoadBalancerPoolStatus {
+        let pool = self.pools.get("webapp").await.expect("pool webapp");
+        pool.status.unwrap_or_default()
+    }
+
+    /// Sets the webapp's replicas through the API: fast enough for a burst of
+    /// one-replica steps (kubectl takes ~0.1 s a call).
+    pub async fn set_replicas(&self, replicas: i32) {
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        self.deployments
+            .patch("webapp", &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .expect("scale webapp");
     }
 
     pub async fn deployed_hash(&self) -> Option<String> {

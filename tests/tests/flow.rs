@@ -65,13 +65,7 @@ async fn scaling_the_webapp_keeps_haproxy_in_step() {
     let one = env.converged(1).await;
 
     // A restarted controller with nothing changed rolls nothing.
-    let before = env
-        .pools
-        .get("webapp")
-        .await
-        .expect("pool")
-        .status
-        .unwrap_or_default();
+    let before = env.status().await;
     let replica_sets = env.haproxy_replica_set_hashes().await;
     controller.kill();
     let restarted = ControllerProcess::start(&n, &dir);
@@ -87,13 +81,7 @@ async fn scaling_the_webapp_keeps_haproxy_in_step() {
     .await;
     // Longer than rollout.minInterval (5s): a pending rollout would have happened.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let after = env
-        .pools
-        .get("webapp")
-        .await
-        .expect("pool")
-        .status
-        .unwrap_or_default();
+    let after = env.status().await;
     assert_eq!(env.deployed_hash().await.as_deref(), Some(one.as_str()));
     assert_eq!(
         env.haproxy_replica_set_hashes().await,

@@ -3,13 +3,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Patch, PatchParams};
 use lbpool_tests::demo::{Env, WAIT, apply_demo, scale};
 use lbpool_tests::{
     ControllerProcess, TestNamespace, apply_yaml, eventually, kubectl, scratch_dir,
 };
-use serde_json::json;
 
 /// A namespace with the demo workload and a controller watching it.
 async fn setup(prefix: &str, files: &[&str]) -> (TestNamespace, Env, ControllerProcess) {
@@ -251,19 +248,6 @@ data: {haproxy.cfg.hbs: \"defaults\\n  mode http\\n\"}
     );
 }
 
-async fn scale_to(env: &Env, replicas: i32) {
-    let deployments: &kube::Api<Deployment> =
-        &kube::Api::namespaced(lbpool_tests::admin_client().await, &env.ns);
-    deployments
-        .patch(
-            "webapp",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await
-        .expect("scale");
-}
-
 #[tokio::test]
 async fn a_scaling_burst_rolls_at_most_twice() {
     let (ns, env, _controller) =
@@ -289,7 +273,7 @@ async fn a_scaling_burst_rolls_at_most_twice() {
     let before = deployment_generation(&env).await;
     let started = std::time::Instant::now();
     for replicas in 2..=30 {
-        scale_to(&env, replicas).await;
+        env.set_replicas(replicas).await;
         tokio::time::sleep(Duration::from_millis(80)).await;
     }
     let burst = started.elapsed();
