@@ -131,6 +131,43 @@ pub fn pools_for_template(
     })
 }
 
+/// Backoff of the watches after an error: 250 ms doubling to at most 5 s,
+/// reset by the next event. kube-runtime's default grows to 30 s and resets
+/// only after 2 quiet minutes; one backoff pauses every watch of the
+/// controller, so after a 5 s API server restart the pools would go unwatched
+/// for most of a minute.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.next;
+        self.next = (current * 2).min(Self::MAX);
+        Some(current)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
@@ -188,6 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             watcher::Config::default(),
             move |cm| pools_for_template(&template_store, &cm),
         )
+        .trigger_backoff(WatchBackoff::default())
         .shutdown_on_signal();
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -297,6 +335,16 @@ mod tests {
         );
         cm.metadata.namespace = Some("other".into());
         assert!(pools_for_template(&store, &cm).is_empty());
+    }
+
+    #[test]
+    fn watch_backoff_doubles_to_five_seconds_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = WatchBackoff::default();
+        let first: Vec<u128> = b.by_ref().take(7).map(|d| d.as_millis()).collect();
+        assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(250)));
     }
 
     #[test]

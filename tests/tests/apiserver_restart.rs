@@ -31,8 +31,13 @@ async fn the_controller_resumes_after_an_api_server_restart() {
 
     // The same controller process, never restarted, converges on a change
     // made after the API server came back.
+    let restarted = std::time::Instant::now();
     scale(&ns.name, 4);
     env.converged(4).await;
+    eprintln!(
+        "converged {:?} after the API server came back",
+        restarted.elapsed()
+    );
     let log = controller.log_text();
     assert!(!log.contains("panicked"), "{log}");
     eprintln!("the controller survived an API server restart");
