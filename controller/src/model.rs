@@ -220,6 +220,19 @@ pub fn build(
         ));
     }
 
+    if let Some(t) = spec
+        .template
+        .as_ref()
+        .filter(|t| t.config_map == pool.config_map_name())
+    {
+        return Err(InvalidPool::new(
+            reason::INVALID_SPEC,
+            format!(
+                "spec.haproxy.configMap: {:?} is also spec.template.configMap; the generated config would overwrite the template",
+                t.config_map
+            ),
+        ));
+    }
     let health_check = spec
         .health_check
         .as_ref()
@@ -567,6 +580,22 @@ pub(crate) mod tests {
         p.spec.backend.port = Some(IntOrString::String("grpc".into()));
         let err = resolve_port(&p.spec, &svc).unwrap_err();
         assert!(err.message.contains("no port \"grpc\""), "{err}");
+    }
+
+    #[test]
+    fn the_generated_config_map_cannot_be_the_template() {
+        let port = BackendPort {
+            name: Some("http".into()),
+        };
+        let mut p = pool();
+        p.spec.template = Some(lbpool_crds::TemplateRef {
+            config_map: "webapp-haproxy".into(),
+            key: "haproxy.cfg.hbs".into(),
+        });
+        let err = build(&p, &port, &[]).unwrap_err();
+        assert!(err.message.starts_with("spec.haproxy.configMap"), "{err}");
+        p.spec.haproxy.config_map = Some("generated".into());
+        assert!(build(&p, &port, &[]).is_ok());
     }
 
     #[test]
