@@ -192,6 +192,17 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
+/// The requests of every reconcile that publishes: read the Service and its
+/// slices, apply the ConfigMap.
+fn reads_and_config_map_apply() -> Vec<Expect> {
+    let (svc, eps, cm) = read_path();
+    vec![
+        expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
+        expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+        echo(Method::PATCH, &cm),
+    ]
+}
+
 fn read_path() -> (String, String, String) {
     (
         format!("/api/v1{NS}/services/webapp"),
@@ -203,22 +214,21 @@ fn read_path() -> (String, String, String) {
 #[tokio::test]
 async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment() {
     let hash = expected_hash();
-    let (svc, eps, cm) = read_path();
     let deployed = hash.clone();
     let sent = run(
         pool(),
         FakeValidator(None),
-        vec![
-            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
-            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-            echo(Method::PATCH, &cm),
-            expect(
-                Method::GET,
-                &format!("/apis/apps/v1{NS}/deployments/haproxy"),
-                move |_| (StatusCode::OK, deployment(Some(&deployed))),
-            ),
-            status_apply(),
-        ],
+        reads_and_config_map_apply()
+            .into_iter()
+            .chain([
+                expect(
+                    Method::GET,
+                    &format!("/apis/apps/v1{NS}/deployments/haproxy"),
+                    move |_| (StatusCode::OK, deployment(Some(&deployed))),
+                ),
+                status_apply(),
+            ])
+            .collect(),
     )
     .await;
     let config_map = &sent[2].1;
@@ -249,29 +259,28 @@ async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment(
 #[tokio::test]
 async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
     let hash = expected_hash();
-    let (svc, eps, cm) = read_path();
     let deployment_path = format!("/apis/apps/v1{NS}/deployments/haproxy");
     let sent = run(
         pool(),
         FakeValidator(None),
-        vec![
-            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
-            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-            echo(Method::PATCH, &cm),
-            expect(Method::GET, &deployment_path, |_| {
-                (StatusCode::OK, deployment(Some("sha256:old")))
-            }),
-            expect(Method::PATCH, &deployment_path, |body| {
-                let mut d = deployment(
+        reads_and_config_map_apply()
+            .into_iter()
+            .chain([
+                expect(Method::GET, &deployment_path, |_| {
+                    (StatusCode::OK, deployment(Some("sha256:old")))
+                }),
+                expect(Method::PATCH, &deployment_path, |body| {
+                    let mut d = deployment(
                     body["spec"]["template"]["metadata"]["annotations"]["lbpool.dev/config-hash"]
                         .as_str(),
                 );
-                d["metadata"]["resourceVersion"] = json!("8");
-                (StatusCode::OK, d)
-            }),
-            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
-            status_apply(),
-        ],
+                    d["metadata"]["resourceVersion"] = json!("8");
+                    (StatusCode::OK, d)
+                }),
+                echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
+                status_apply(),
+            ])
+            .collect(),
     )
     .await;
     let patch = &sent[4].1;

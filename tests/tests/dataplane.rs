@@ -68,10 +68,14 @@ fn patch_pool(ns: &str, patch: &str) {
 /// cores, which would skew the routing test's timings.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A test namespace with `replicas` webapp pods, the controller, and in the
+/// network namespaces a webapp per pod and an HAProxy running the config.
 struct Plane {
     ns: TestNamespace,
     env: Env,
     net: Network,
+    config: String,
+    haproxy: HaproxyPod,
     _controller: ControllerProcess,
 }
 
@@ -84,11 +88,16 @@ async fn plane(prefix: &str, replicas: u32) -> Plane {
     ns.keep_log(controller.log_path());
     let env = Env::new(&ns.name).await;
     env.converged(replicas as usize).await;
-    let net = Network::create(dir);
+    let mut net = Network::create(dir);
+    let config = published(&env).await;
+    start_backends(&mut net, &config);
+    let haproxy = net.start_haproxy(&config);
     Plane {
         ns,
         env,
         net,
+        config,
+        haproxy,
         _controller: controller,
     }
 }
@@ -135,14 +144,13 @@ async fn requests_reach_the_pools_pods_as_haproxy_documents() {
         ns,
         env,
         mut net,
+        mut config,
+        mut haproxy,
         _controller,
     } = plane("routing", 4).await;
     let n = ns.name.clone();
-    let mut config = published(&env).await;
-    start_backends(&mut net, &config);
     let pods: BTreeSet<String> = servers(&config).into_iter().map(|s| s.0).collect();
     assert_eq!(pods.len(), 4);
-    let mut haproxy = net.start_haproxy(&config);
     let url = format!("http://{}/", haproxy.frontend());
 
     // Round robin: every ready pod, evenly (400 requests, each pod 100 ± 10).
@@ -300,13 +308,12 @@ async fn scaling_under_load_fails_no_request() {
         ns,
         env,
         mut net,
+        mut config,
+        mut haproxy,
         _controller,
     } = plane("load", 2).await;
     let n = ns.name.clone();
     let dir = scratch_dir(&n);
-    let mut config = published(&env).await;
-    start_backends(&mut net, &config);
-    let mut haproxy = net.start_haproxy(&config);
     let targets = dir.join("targets");
     let stop = dir.join("stop");
     std::fs::write(&targets, format!("{}\n", haproxy.frontend())).expect("targets");
