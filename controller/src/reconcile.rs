@@ -54,9 +54,9 @@ pub struct Context {
     /// can lag behind the status this process just wrote; the rate limit must
     /// not (the later of the two counts).
     rollouts: Mutex<HashMap<String, Timestamp>>,
-    /// The last problem reported per pool (reason, message), for the same
-    /// reason: a stale cached status must not repeat the Event and log line.
-    reported: Mutex<HashMap<String, (&'static str, String)>>,
+    /// What this process last said about each pool, for the same reason: a
+    /// stale cached status must not repeat an Event or a log line.
+    reported: Mutex<HashMap<String, Report>>,
 }
 
 impl Context {
@@ -78,6 +78,15 @@ impl Context {
             reported: Mutex::default(),
         }
     }
+}
+
+/// The last word on a pool's validity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Report {
+    /// Invalid, with this reason and message.
+    Invalid(&'static str, String),
+    /// Valid again, or valid since this process first saw it.
+    Valid,
 }
 
 impl std::fmt::Debug for Context {
@@ -385,9 +394,14 @@ async fn publish(
         }
     };
 
-    let was_reported = lock(&ctx.reported).remove(&pool_key);
-    let was_invalid = desired::invalid_reason(pool.status.as_ref()).map(|(r, _)| r.to_owned());
-    if let Some(reason) = was_invalid.or(was_reported.map(|(r, _)| r.to_owned())) {
+    let before = lock(&ctx.reported).insert(pool_key.clone(), Report::Valid);
+    let was_invalid = match before {
+        Some(Report::Invalid(reason, _)) => Some(reason.to_owned()),
+        Some(Report::Valid) => None,
+        // First look at this pool in this process: the status is all there is.
+        None => desired::invalid_reason(pool.status.as_ref()).map(|(r, _)| r.to_owned()),
+    };
+    if let Some(reason) = was_invalid {
         let note = format!(
             "config {} is valid again (was {reason})",
             p.config.revision()
@@ -417,11 +431,16 @@ async fn report_invalid(
     apis: &Apis,
     invalid: &InvalidPool,
 ) -> Result<(), Error> {
-    let current = (invalid.reason, invalid.message.clone());
-    let in_status = desired::invalid_reason(pool.status.as_ref())
-        == Some((invalid.reason, invalid.message.as_str()));
-    let already_reported = lock(&ctx.reported).insert(key(pool), current.clone()) == Some(current);
-    if !in_status && !already_reported {
+    let current = Report::Invalid(invalid.reason, invalid.message.clone());
+    let before = lock(&ctx.reported).insert(key(pool), current.clone());
+    let already_said = match before {
+        Some(previous) => previous == current,
+        None => {
+            desired::invalid_reason(pool.status.as_ref())
+                == Some((invalid.reason, invalid.message.as_str()))
+        }
+    };
+    if !already_said {
         warn!(pool = %key(pool), reason = invalid.reason, message = %invalid.message, "pool cannot be served; the last good config stays");
         ctx.metrics.invalid.inc();
         let ev = event(

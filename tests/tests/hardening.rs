@@ -149,6 +149,21 @@ async fn a_config_haproxy_rejects_is_never_published() {
         .await
         .expect("condition");
     assert_eq!(status, "True");
+    // Later reconciles (Deployment status changes) must not repeat anything;
+    // a repeat would be a series on the same Event, so its count is shown.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &n,
+        "-o",
+        "jsonpath={range .items[*]}{.type} {.reason} {.series.count}{\"\\n\"}{end}",
+    ])
+    .expect("events");
+    let count = |line: &str| events.lines().filter(|l| l.trim_end() == line).count();
+    assert_eq!(count("Warning HAProxyRejected"), 1, "{events}");
+    assert_eq!(count("Normal ConfigValid"), 1, "{events}");
 }
 
 /// (pool name, extra spec lines, expected condition type, reason, text in the message).
