@@ -64,6 +64,13 @@ async fn config_text(env: &Env, name: &str) -> Option<String> {
     cm.data?.remove("haproxy.cfg")
 }
 
+/// `<type> <reason> <series count>` per Event of `ns`; a repeated Event is
+/// one object with a series, so its count shows.
+fn events_of(ns: &str) -> String {
+    let format = r#"jsonpath={range .items[*]}{.type} {.reason} {.series.count}{"\n"}{end}"#;
+    kubectl(&["get", "events", "-n", ns, "-o", format]).expect("events")
+}
+
 async fn deployment_generation(env: &Env) -> i64 {
     env.deployments
         .get("haproxy")
@@ -101,15 +108,7 @@ async fn a_config_haproxy_rejects_is_never_published() {
         message.contains("balance only supports"),
         "HAProxy's own message: {message}"
     );
-    let events = kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &n,
-        "-o",
-        "jsonpath={range .items[*]}{.type} {.reason}{\"\\n\"}{end}",
-    ])
-    .expect("events");
+    let events = events_of(&n);
     assert!(
         events.contains("Warning HAProxyRejected"),
         "Warning Event: {events}"
@@ -152,15 +151,7 @@ async fn a_config_haproxy_rejects_is_never_published() {
     // Later reconciles (Deployment status changes) must not repeat anything;
     // a repeat would be a series on the same Event, so its count is shown.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let events = kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &n,
-        "-o",
-        "jsonpath={range .items[*]}{.type} {.reason} {.series.count}{\"\\n\"}{end}",
-    ])
-    .expect("events");
+    let events = events_of(&n);
     let count = |line: &str| events.lines().filter(|l| l.trim_end() == line).count();
     assert_eq!(count("Warning HAProxyRejected"), 1, "{events}");
     assert_eq!(count("Normal ConfigValid"), 1, "{events}");
