@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds the local control plane from upstream Go modules into a cache outside
-# the repository: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok and kwokctl, at the versions pinned in hack/versions.env.
-# A binary already in the cache for the pinned version is reused.
+# Builds the local cluster from upstream Go modules into a cache outside the
+# repository, at the versions pinned in hack/versions.env:
+#   control plane  etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+#   simulated nodes kwok, kwokctl
+#   a real node    kubelet, kube-proxy, containerd (+ containerd-shim-runc-v2, ctr)
+# A binary already in the cache for the pinned version is reused, so a warm
+# run takes well under a second.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +26,7 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 have() { for b in "$@"; do [ -x "$bin/$b" ] || return 1; done; }
 
 build_kubernetes() {
-  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   if have "${bins[@]}"; then say "kubernetes $KUBERNETES_VERSION: cached"; return; fi
   local mod="$cache/src/kubernetes-$KUBERNETES_VERSION" minor staging_version
   minor=${KUBERNETES_VERSION#v1.}
@@ -54,6 +57,7 @@ build_kubernetes() {
     ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
   for b in "${bins[@]}"; do
+    if have "$b"; then continue; fi
     say "kubernetes $KUBERNETES_VERSION: building $b (a cold build takes several minutes on 2 cores)"
     (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b") || die "building $b failed"
     mv "$bin/$b.tmp" "$bin/$b"
@@ -83,11 +87,36 @@ build_kwok() {
     die "go install kwok failed"
 }
 
+build_containerd() {
+  local bins=(containerd containerd-shim-runc-v2 ctr)
+  if have "${bins[@]}"; then say "containerd $CONTAINERD_VERSION: cached"; return; fi
+  local mod="$cache/src/containerd-$CONTAINERD_VERSION" pkg=github.com/containerd/containerd/v2
+  mkdir -p "$mod"
+  printf 'module lbpool.dev/local-containerd\n\ngo 1.26\n' >"$mod/go.mod"
+  say "containerd $CONTAINERD_VERSION: downloading modules"
+  (cd "$mod" && go get "$pkg/cmd/containerd@$CONTAINERD_VERSION" "$pkg/cmd/ctr@$CONTAINERD_VERSION" \
+    "$pkg/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION") || die "go get containerd failed"
+  local ldflags="-s -w -X $pkg/version.Version=$CONTAINERD_VERSION -X $pkg/version.Revision=upstream"
+  # No btrfs snapshotter (it needs cgo headers) and no generated man pages.
+  local tags=urfave_cli_no_docs,no_btrfs
+  for b in "${bins[@]}"; do
+    if have "$b"; then continue; fi
+    say "containerd $CONTAINERD_VERSION: building $b"
+    local t=$tags
+    [ "$b" = containerd-shim-runc-v2 ] && t+=,no_grpc
+    (cd "$mod" && go build -trimpath -tags "$t" -ldflags "$ldflags" -o "$bin/$b.tmp" "$pkg/cmd/$b") ||
+      die "building $b failed"
+    mv "$bin/$b.tmp" "$bin/$b"
+  done
+}
+
 start=$(date +%s)
 build_etcd
 build_kwok
 build_kubernetes
-for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl; do
+build_containerd
+for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl \
+  kubelet kube-proxy containerd containerd-shim-runc-v2 ctr; do
   [ -x "$bin/$b" ] || die "$b is missing from $bin after the build"
 done
 say "all binaries ready in $bin ($(($(date +%s) - start))s)"

@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo need, if any is missing:
-# haproxy (validates every config; runs them in the data-plane tests), openssl
-# (the local cluster's certificates), curl, iproute2 (network namespaces).
+#   haproxy      validates every config; serves in the data-plane tests
+#   openssl      the local cluster's certificates
+#   curl         health checks of the local cluster
+#   iproute2     network namespaces (data-plane tests, the real node)
+# and, for the real node (containerd, kubelet and kube-proxy are built from
+# their Go modules by hack/build-binaries.sh):
+#   runc, containernetworking-plugins (bridge, host-local, loopback, portmap),
+#   iptables and conntrack (kube-proxy), mmdebstrap (image root filesystems).
 set -euo pipefail
 
 say() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 missing=()
-command -v haproxy >/dev/null || missing+=(haproxy)
-command -v openssl >/dev/null || missing+=(openssl)
-command -v curl >/dev/null || missing+=(curl)
-command -v ip >/dev/null || missing+=(iproute2)
+need() { command -v "$1" >/dev/null || [ -x "$1" ] || missing+=("$2"); }
+need haproxy haproxy
+need openssl openssl
+need curl curl
+need ip iproute2
+need runc runc
+need /usr/lib/cni/bridge containernetworking-plugins
+need iptables iptables
+need conntrack conntrack
+need mmdebstrap mmdebstrap
+# mmdebstrap unpacks the image root filesystems without root privileges of
+# its own only with these; as root it needs neither, but they are small.
+need gcc gcc
 
 for tool in go cargo; do
   command -v "$tool" >/dev/null || { say "ERROR: $tool is not installed (Go >= 1.26 and Rust are needed)"; exit 1; }
@@ -25,5 +40,5 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
 fi
 say "installing ${missing[*]}"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 say "installed"
