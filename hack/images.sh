@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Builds lbpool's container images without Docker, as OCI archives:
+#
+#   lbpool.local/pause        the pod sandbox (hack/images/pause.c, gcc -static)
+#   lbpool.local/haproxy      Debian bookworm's haproxy 2.6 (the major of the
+#                             manifests' haproxy:2.6), entrypoint haproxy
+#   lbpool.local/controller   lbpool-controller, with that haproxy for `haproxy -c`
+#   lbpool.local/webapp       the demo backend
+#
+# The haproxy, controller and webapp images share one base layer: a minimal
+# Debian root filesystem with haproxy (mmdebstrap, from Debian's packages),
+# built once and cached. Each image is tagged by the digest of its manifest
+# (lbpool.local/controller:3f2a9c...) and also named :local, the tag
+# manifests/overlays/local/ uses; the Dockerfiles describe the same images for
+# users with Docker.
+#
+#   hack/images.sh                    build (or reuse) all four; print the archives
+#   hack/images.sh --import SOCKET    ... and import them into a node's containerd
+#
+# Environment: LBPOOL_CACHE (cache root), LBPOOL_IMAGE_PROFILE (cargo profile
+# of the workspace binaries: dev by default, release for smaller, faster ones).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+here="$root/hack"
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
+out="$cache/images"
+profile=${LBPOOL_IMAGE_PROFILE:-dev}
+mkdir -p "$out/work"
+
+say() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+import_sock=
+if [ "${1:-}" = --import ]; then
+  import_sock=${2:?usage: $0 [--import CONTAINERD_SOCKET]}
+fi
+
+base="$out/rootfs-bookworm-haproxy.tar"
+if [ ! -s "$base" ]; then
+  command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (hack/deps.sh installs it)"
+  # The host's Debian sources when it has them, so a configured mirror is used.
+  sources=()
+  for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
+    if [ -s "$f" ] && grep -q bookworm "$f"; then sources=("$f"); break; fi
+  done
+  say "base root filesystem: Debian bookworm minbase + haproxy (mmdebstrap, about a minute)"
+  mmdebstrap --quiet --variant=minbase --include=haproxy \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    bookworm "$out/rootfs.tmp.tar" "${sources[@]}" || die "mmdebstrap failed"
+  mv "$out/rootfs.tmp.tar" "$base"
+fi
+say "base root filesystem: $(du -h "$base" | cut -f1) (cached at $base)"
+
+say "pause: gcc -static"
+gcc -static -Os -s -o "$out/work/pause" "$here/images/pause.c" || die "building pause failed (gcc and libc6-dev are needed)"
+
+say "workspace binaries (cargo profile $profile)"
+(cd "$root" && cargo build --locked --profile "$profile" -p lbpool-controller -p lbpool-webapp) ||
+  die "cargo build failed"
+target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+for b in lbpool-controller webapp; do
+  # Stripped: the debug info of a dev build would be most of the image.
+  objcopy --strip-debug "$bin_dir/$b" "$out/work/$b"
+done
+
+image() {
+  local short=$1; shift
+  local archive="$out/$short.tar"
+  local name
+  name=$(python3 "$here/images/oci-archive.py" --name "lbpool.local/$short" \
+    --alias "lbpool.local/$short:local" --out "$archive" "$@") || die "assembling $short failed"
+  say "$name ($(du -h "$archive" | cut -f1))"
+  archives+=("$archive")
+}
+
+archives=()
+image pause --file "$out/work/pause:/pause:0755" --entrypoint '["/pause"]' --user 65535
+image haproxy --layer "$base" --entrypoint '["/usr/sbin/haproxy"]' \
+  --cmd '["-W","-db","-f","/usr/local/etc/haproxy/haproxy.cfg"]'
+image controller --layer "$base" --file "$out/work/lbpool-controller:/usr/local/bin/lbpool-controller:0755" \
+  --entrypoint '["/usr/local/bin/lbpool-controller"]' --user 65532:65532
+image webapp --layer "$base" --file "$out/work/webapp:/usr/local/bin/webapp:0755" \
+  --entrypoint '["/usr/local/bin/webapp"]' --user 65532:65532
+
+if [ -n "$import_sock" ]; then
+  bin="$cache/bin/k8s-$KUBERNETES_VERSION"
+  [ -x "$bin/ctr" ] || die "ctr is missing: run hack/build-binaries.sh"
+  for a in "${archives[@]}"; do
+    say "importing $(basename "$a") into the node"
+    "$bin/ctr" --address "$import_sock" --namespace k8s.io images import --local "$a" >/dev/null 2>"$out/work/import.log" ||
+      die "ctr images import $a failed: $(grep -v DEPRECATION "$out/work/import.log")"
+  done
+fi
+printf '%s\n' "${archives[@]}"
