@@ -1,22 +1,24 @@
 //! The demo backend, like the lab's node.js app: `GET /` answers JSON with the
 //! host name, the address the request arrived on, and a view counter kept per
 //! session (cookie `webapp_session`) in this process. `GET /slow?ms=N` does the
-//! same after N ms. `GET /healthz` answers 200 while the process serves;
-//! SIGTERM drains and exits.
+//! same after N ms. `GET /healthz` answers 200 while the process serves,
+//! until `POST /fail-readiness` makes it answer 503 for good (how the
+//! end-to-end tests make a pod's real readiness probe fail); SIGTERM drains
+//! and exits.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header::{COOKIE, SET_COOKIE};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json};
-use axum::routing::get;
+use axum::routing::{get, post};
 use clap::Parser;
 use serde::Serialize;
 
@@ -40,6 +42,8 @@ struct App {
     address: String,
     next_session: AtomicU64,
     views: Mutex<HashMap<String, u64>>,
+    /// Set by `POST /fail-readiness`: `/healthz` answers 503 from then on.
+    unready: AtomicBool,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,16 +106,36 @@ struct SlowQuery {
     ms: Option<u64>,
 }
 
-/// `GET /slow?ms=N`: answers like `/` after N ms (at most 10 s), holding a
-/// connection open the way a slow request does.
+/// `GET /slow?ms=N`: answers like `/` after N ms (at most 60 s), holding a
+/// connection open the way a slow request or a long download does.
 async fn slow(
     State(app): State<Arc<App>>,
     axum::extract::Query(q): axum::extract::Query<SlowQuery>,
     headers: HeaderMap,
 ) -> impl IntoResponse {
-    let wait = q.ms.unwrap_or(1000).min(10_000);
+    let wait = q.ms.unwrap_or(1000).min(60_000);
     tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     index(State(app), headers).await
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
+    if app.unready.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "failing on purpose")
+    } else {
+        (StatusCode::OK, "ok")
+    }
+}
+
+/// Makes this process's readiness fail from now on, and says who it is.
+async fn fail_readiness(State(app): State<Arc<App>>) -> Json<Answer> {
+    app.unready.store(true, Ordering::Relaxed);
+    tracing::warn!("readiness will fail from now on (POST /fail-readiness)");
+    Json(Answer {
+        host: app.name.clone(),
+        address: app.address.clone(),
+        session: String::new(),
+        views: 0,
+    })
 }
 
 fn host_name() -> String {
@@ -149,10 +173,12 @@ async fn main() -> anyhow::Result<()> {
         address: std::env::var("POD_IP").unwrap_or_else(|_| local.ip().to_string()),
         next_session: AtomicU64::new(1),
         views: Mutex::default(),
+        unready: AtomicBool::new(false),
     });
     let router = Router::new()
         .route("/", get(index).head(|| async {}))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/fail-readiness", post(fail_readiness))
         .route("/slow", get(slow))
         .with_state(app.clone());
     tracing::info!(listen = %local, name = %app.name, "webapp serving");
@@ -166,6 +192,26 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn failing_readiness_is_for_good() {
+        let app = Arc::new(App {
+            name: "web-1".into(),
+            address: "10.0.0.1".into(),
+            next_session: AtomicU64::new(1),
+            views: Mutex::default(),
+            unready: AtomicBool::new(false),
+        });
+        assert_eq!(healthz(State(app.clone())).await.0, StatusCode::OK);
+        let who = fail_readiness(State(app.clone())).await;
+        assert_eq!(who.0.host, "web-1");
+        for _ in 0..2 {
+            assert_eq!(
+                healthz(State(app.clone())).await.0,
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+    }
 
     #[test]
     fn session_cookie_is_found_among_others_and_checked() {
