@@ -121,24 +121,37 @@ impl Env {
     /// Waits until the config, the status and the Deployment all describe
     /// exactly `n` ready pods; returns the config hash.
     pub async fn converged(&self, n: usize) -> String {
-        eventually(&format!("config, status and rollout for {n} ready pods"), WAIT, || async {
-            let pods = self.ready_pod_ips().await;
-            let config = self.config_addresses().await?;
-            let pool = self.pools.get("webapp").await.map_err(|e| e.to_string())?;
-            let status = pool.status.unwrap_or_default();
-            let hash = status.config_hash.clone().unwrap_or_default();
-            let deployed = self.deployed_hash().await;
-            let rolled = self.haproxy_replica_set_hashes().await.contains(&hash);
-            if pods.len() == n && config == pods && status.ready_backends as usize == n && deployed.as_ref() == Some(&hash) && rolled {
-                Ok(hash)
-            } else {
-                Err(format!(
-                    "pods {pods:?}, config {config:?}, ready {} , status hash {hash}, deployed {deployed:?}, replica set for it: {rolled}",
-                    status.ready_backends
-                ))
-            }
-        })
+        eventually(
+            &format!("config, status and rollout for {n} ready pods"),
+            WAIT,
+            || async { self.converged_now(n).await },
+        )
         .await
+    }
+
+    /// Whether the config, the status and the Deployment describe exactly
+    /// `n` ready pods now: `Ok(hash)`, or what differs.
+    pub async fn converged_now(&self, n: usize) -> Result<String, String> {
+        let pods = self.ready_pod_ips().await;
+        let config = self.config_addresses().await?;
+        let pool = self.pools.get("webapp").await.map_err(|e| e.to_string())?;
+        let status = pool.status.unwrap_or_default();
+        let hash = status.config_hash.clone().unwrap_or_default();
+        let deployed = self.deployed_hash().await;
+        let rolled = self.haproxy_replica_set_hashes().await.contains(&hash);
+        if pods.len() == n
+            && config == pods
+            && status.ready_backends as usize == n
+            && deployed.as_ref() == Some(&hash)
+            && rolled
+        {
+            Ok(hash)
+        } else {
+            Err(format!(
+                "pods {pods:?}, config {config:?}, ready {}, status hash {hash}, deployed {deployed:?}, replica set for it: {rolled}",
+                status.ready_backends
+            ))
+        }
     }
 }
 

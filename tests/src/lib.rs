@@ -22,6 +22,8 @@ use anyhow::{Context as _, bail};
 
 pub mod dataplane;
 pub mod demo;
+pub mod e2e;
+pub mod http;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -117,29 +119,37 @@ pub fn apply_yaml(namespace: &str, yaml: &str) -> anyhow::Result<String> {
     )
 }
 
+/// `kubectl apply --server-side --force-conflicts -k` of a directory of the repository.
+pub fn apply_kustomization(dir: &str) {
+    let path = repo().join(dir);
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-k",
+        &path.to_string_lossy(),
+    ])
+    .unwrap_or_else(|e| panic!("kubectl apply -k {dir}: {e}"));
+}
+
+/// Applies the CRD and waits until the API server serves it.
+pub fn install_crd() {
+    apply_kustomization("crds");
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/loadbalancerpools.lbpool.dev",
+        "--timeout=60s",
+    ])
+    .expect("CRD established");
+}
+
 /// Installs the CRD and the controller's RBAC once per test process.
 pub fn install() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let root = repo();
-        for dir in ["crds", "manifests/controller"] {
-            let path = root.join(dir);
-            kubectl(&[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "-k",
-                &path.to_string_lossy(),
-            ])
-            .unwrap_or_else(|e| panic!("install {dir}: {e}"));
-        }
-        kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/loadbalancerpools.lbpool.dev",
-            "--timeout=60s",
-        ])
-        .expect("CRD established");
+        install_crd();
+        apply_kustomization("manifests/controller");
     });
 }
 

@@ -11,9 +11,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 struct Shared {
     targets: RwLock<Vec<SocketAddr>>,
     next: AtomicUsize,
@@ -38,31 +35,13 @@ fn read_targets(path: &PathBuf) -> Vec<SocketAddr> {
 }
 
 async fn request(target: SocketAddr) -> Result<(), String> {
-    let io = async {
-        let mut stream = TcpStream::connect(target)
-            .await
-            .map_err(|e| format!("connect: {}", e.kind()))?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: lbpool\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {}", e.kind()))?;
-        let mut response = Vec::with_capacity(512);
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {}", e.kind()))?;
-        let status = response
-            .get(9..12)
-            .map(|s| String::from_utf8_lossy(s).into_owned());
-        match status.as_deref() {
-            Some("200") => Ok(()),
-            Some(code) => Err(format!("HTTP {code}")),
-            None => Err("empty response".into()),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .unwrap_or_else(|_| Err("timeout".into()))
+    match lbpool_tests::http::get(target, "/", Duration::from_secs(5))
+        .await?
+        .status
+    {
+        200 => Ok(()),
+        code => Err(format!("HTTP {code}")),
+    }
 }
 
 async fn worker(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) {

@@ -1,0 +1,457 @@
+//! The end-to-end tier: the shipped manifests on a cluster whose pods really
+//! run (the local real node of `hack/local-cluster.sh`, or kind), used the
+//! way a user uses them, with traffic through the HAProxy Service.
+//!
+//! - `LBPOOL_E2E_MANIFESTS`: the kustomization to install (default
+//!   `manifests/overlays/local`, the images of `hack/images.sh`; kind uses
+//!   `manifests`, with the images `hack/kind.sh` loads).
+//! - `LBPOOL_E2E_FRONTEND` / `LBPOOL_E2E_STATS`: where the HAProxy Service
+//!   answers (default: its ClusterIP on ports 80 and 1936, which kube-proxy
+//!   routes on this machine; kind maps node ports to 127.0.0.1:8080/:1936).
+//!
+//! Every test works on the one installation in namespaces `lbpool-system`
+//! and `demo`, so they take turns ([`serial`]); each starts by setting the
+//! replica count it needs and waiting until HAProxy serves it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+
+use crate::demo::{Env, HASH};
+use crate::{apply_kustomization, eventually, http, install_crd, kubectl};
+
+/// Namespace of the shipped demo.
+pub const NS: &str = "demo";
+/// Long enough for a webapp scale-up, `rollout.minInterval` and a rolling
+/// update of the two HAProxy pods (each: start, ready, 5 s preStop, drain)
+/// on a busy machine.
+pub const ROLLOUT_WAIT: Duration = Duration::from_secs(240);
+
+/// One test at a time on the shared installation (an async lock: each test
+/// holds it across its awaits; a failed test releases it).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// The installation under test and where its Service answers.
+#[derive(Debug)]
+pub struct Demo {
+    pub env: Env,
+    pub frontend: SocketAddr,
+    pub stats: SocketAddr,
+    _dump: DumpOnPanic,
+}
+
+/// Installs the CRD and the manifests once per test process, waits for the
+/// controller and the example pool, and finds the Service's address.
+pub async fn demo() -> Demo {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(install);
+    let service_ip = || {
+        kubectl(&[
+            "get",
+            "service",
+            "haproxy",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("the HAProxy Service")
+        .trim()
+        .to_owned()
+    };
+    let address = |var: &str, port: u16| -> SocketAddr {
+        match std::env::var(var) {
+            Ok(a) => a.parse().unwrap_or_else(|e| panic!("{var}={a}: {e}")),
+            Err(_) => format!("{}:{port}", service_ip())
+                .parse()
+                .expect("ClusterIP:port"),
+        }
+    };
+    Demo {
+        env: Env::new(NS).await,
+        frontend: address("LBPOOL_E2E_FRONTEND", 80),
+        stats: address("LBPOOL_E2E_STATS", 1936),
+        _dump: DumpOnPanic,
+    }
+}
+
+fn install() {
+    let manifests =
+        std::env::var("LBPOOL_E2E_MANIFESTS").unwrap_or_else(|_| "manifests/overlays/local".into());
+    let nodes =
+        kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]).expect("list nodes");
+    let real = kubectl(&["get", "nodes", "-l", "type!=kwok", "-o", "name"]).unwrap_or_default();
+    assert!(
+        !real.trim().is_empty(),
+        "the end-to-end tier needs a node that runs pods, and this cluster has only simulated ones ({nodes}); \
+         start one with LBPOOL_NODE=real hack/local-cluster.sh up (root), or use kind (hack/kind.sh)"
+    );
+    install_crd();
+    apply_kustomization(&manifests);
+    for (what, args) in [
+        (
+            "the controller Deployment",
+            &[
+                "rollout",
+                "status",
+                "deployment/lbpool-controller",
+                "-n",
+                "lbpool-system",
+                "--timeout=240s",
+            ][..],
+        ),
+        (
+            "the example pool Ready",
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "lbp/webapp",
+                "-n",
+                NS,
+                "--timeout=240s",
+            ][..],
+        ),
+    ] {
+        if let Err(e) = kubectl(args) {
+            dump();
+            panic!("{what}: {e}");
+        }
+    }
+}
+
+/// On a failing test: the state of both namespaces and the controller's log.
+#[derive(Debug)]
+struct DumpOnPanic;
+
+impl Drop for DumpOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump();
+        }
+    }
+}
+
+fn dump() {
+    for args in [
+        &[
+            "get",
+            "lbp,deploy,rs,pods,endpointslices,cm",
+            "-n",
+            NS,
+            "-o",
+            "wide",
+        ][..],
+        &["get", "deploy,pods", "-n", "lbpool-system", "-o", "wide"][..],
+        &["get", "events", "-n", NS, "--sort-by=.lastTimestamp"][..],
+        &["get", "lbp", "webapp", "-n", NS, "-o", "yaml"][..],
+        &[
+            "logs",
+            "--tail=200",
+            "-n",
+            "lbpool-system",
+            "deployment/lbpool-controller",
+        ][..],
+    ] {
+        match kubectl(args) {
+            Ok(out) => eprintln!("$ kubectl {}\n{out}", args.join(" ")),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+}
+
+impl Demo {
+    /// Scales the webapp to `n` and waits until HAProxy serves exactly its
+    /// ready pods: config, status and Deployment agree, the rollout of that
+    /// config is complete, and every HAProxy pod left runs it.
+    pub async fn serve(&self, n: usize) -> String {
+        self.env.set_replicas(n as i32).await;
+        self.served(n).await
+    }
+
+    /// Waits (without scaling) until HAProxy serves `n` ready pods.
+    pub async fn served(&self, n: usize) -> String {
+        let hash = eventually(
+            &format!("config, status and Deployment for {n} ready pods"),
+            ROLLOUT_WAIT,
+            || async { self.env.converged_now(n).await },
+        )
+        .await;
+        eventually(
+            "the HAProxy pods to run that config",
+            ROLLOUT_WAIT,
+            || async { self.haproxy_serves(&hash).await },
+        )
+        .await;
+        hash
+    }
+
+    /// Whether the HAProxy Deployment's rollout of `hash` is complete: every
+    /// pod runs it and is ready, no old pod is left.
+    pub async fn haproxy_serves(&self, hash: &str) -> Result<(), String> {
+        let d = self.haproxy().await;
+        let want = d.spec.replicas.unwrap_or(1);
+        let st = d.status.clone().unwrap_or_default();
+        let generation = d.metadata.generation.unwrap_or_default();
+        let pods = self.pods("app.kubernetes.io/name=haproxy").await;
+        let hashes: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(HASH))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let complete = st.observed_generation.unwrap_or_default() >= generation
+            && st.updated_replicas.unwrap_or_default() == want
+            && st.ready_replicas.unwrap_or_default() == want
+            && st.replicas.unwrap_or_default() == want;
+        if complete
+            && pods.len() == want as usize
+            && hashes.iter().all(|h| h == hash)
+            && pods.iter().all(ready)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "generation {generation} (observed {:?}), updated {:?}/{want}, ready {:?}, pods' hashes {hashes:?}",
+                st.observed_generation, st.updated_replicas, st.ready_replicas
+            ))
+        }
+    }
+
+    pub async fn haproxy(&self) -> Deployment {
+        self.env
+            .deployments
+            .get("haproxy")
+            .await
+            .expect("the HAProxy Deployment")
+    }
+
+    /// Pods with `selector` that are not being deleted.
+    pub async fn pods(&self, selector: &str) -> Vec<Pod> {
+        self.env
+            .pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .expect("list pods")
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+
+    /// Names of the ready webapp pods.
+    pub async fn webapp_pod_names(&self) -> BTreeSet<String> {
+        self.pods("app.kubernetes.io/name=webapp")
+            .await
+            .into_iter()
+            .filter(ready)
+            .filter_map(|p| p.metadata.name)
+            .collect()
+    }
+
+    /// The webapp hosts that answer `n` requests through the Service.
+    pub async fn hosts_through_service(&self, n: usize) -> BTreeMap<String, usize> {
+        let mut hosts = BTreeMap::new();
+        for _ in 0..n {
+            let answer = http::get(self.frontend, "/", Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("GET / through the Service {}: {e}", self.frontend));
+            assert_eq!(answer.status, 200, "GET / through the Service: {answer:?}");
+            let host = answer.webapp_host().expect("the webapp names its host");
+            *hosts.entry(host).or_insert(0) += 1;
+        }
+        hosts
+    }
+
+    /// The Deployment's generation: one more per rollout (and per spec edit).
+    pub async fn haproxy_generation(&self) -> i64 {
+        self.haproxy().await.metadata.generation.unwrap_or_default()
+    }
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Each rollout of the HAProxy Deployment seen while waiting: its generation
+/// and how long from the moment it was seen until it was complete.
+#[derive(Debug, Default)]
+pub struct Rollouts(pub Vec<(i64, Duration)>);
+
+impl Rollouts {
+    /// Polls the Deployment until `done` holds, timing every generation.
+    pub async fn record_until<F, Fut>(demo: &Demo, from_generation: i64, mut done: F) -> Self
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + ROLLOUT_WAIT;
+        let mut seen = from_generation;
+        let mut started: Option<(i64, Instant)> = None;
+        let mut out = Vec::new();
+        loop {
+            let d = demo.haproxy().await;
+            let generation = d.metadata.generation.unwrap_or_default();
+            if generation > seen {
+                if let Some((g, t)) = started.take() {
+                    // Superseded before it completed.
+                    out.push((g, t.elapsed()));
+                }
+                started = Some((generation, Instant::now()));
+                seen = generation;
+            }
+            if let Some((g, t)) = started {
+                let hash = d
+                    .spec
+                    .template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.annotations.as_ref())
+                    .and_then(|a| a.get(HASH))
+                    .cloned()
+                    .unwrap_or_default();
+                if demo.haproxy_serves(&hash).await.is_ok() {
+                    out.push((g, t.elapsed()));
+                    started = None;
+                }
+            }
+            if started.is_none() && done().await {
+                return Self(out);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollouts did not settle in {ROLLOUT_WAIT:?}: {out:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Steady load through the Service: `concurrency` clients, each sending
+/// `GET /` on a new connection after the last answer, bounded in count and
+/// time so it stops by itself.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Tally>>,
+    started: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub sent: usize,
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub took: Duration,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests in {:.1?}, {} failed, latency p50 {:.1?} p99 {:.1?} max {:.1?}",
+            self.sent, self.took, self.failed, self.p50, self.p99, self.max
+        )?;
+        for (e, n) in self.errors.iter().take(10) {
+            write!(f, "\n  {n}x {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Load {
+    pub const MAX_TIME: Duration = Duration::from_secs(600);
+    pub const MAX_REQUESTS: usize = 500_000;
+
+    pub fn start(target: SocketAddr, concurrency: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let per_worker = Self::MAX_REQUESTS / concurrency.max(1);
+        let workers = (0..concurrency)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut tally = Tally::default();
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Self::MAX_TIME
+                        && tally.latencies.len() < per_worker
+                    {
+                        let t = Instant::now();
+                        match http::get(target, "/", Duration::from_secs(10)).await {
+                            Ok(r) if r.status == 200 => {}
+                            Ok(r) => {
+                                *tally
+                                    .errors
+                                    .entry(format!("HTTP {}", r.status))
+                                    .or_default() += 1
+                            }
+                            Err(e) => *tally.errors.entry(e).or_default() += 1,
+                        }
+                        tally.latencies.push(t.elapsed());
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            workers,
+            started,
+        }
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut latencies = Vec::new();
+        let mut errors = BTreeMap::new();
+        for w in self.workers {
+            let tally = w.await.expect("load worker");
+            latencies.extend(tally.latencies);
+            for (e, n) in tally.errors {
+                *errors.entry(e).or_default() += n;
+            }
+        }
+        latencies.sort();
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        LoadReport {
+            sent: latencies.len(),
+            failed: errors.values().sum(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: latencies.last().copied().unwrap_or_default(),
+            took: self.started.elapsed(),
+            errors,
+        }
+    }
+}
