@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# Runs every test: unit and golden tests (real haproxy -c), then the API and
-# flow tests against a fresh local control plane, which is torn down at the
-# end. On failure the component logs are kept under target/test-artifacts/.
+# Runs every test:
+#   - unit, golden and injection tests (real haproxy -c), mock-API tests;
+#   - the API, flow, hardening and data-plane tiers against a local control
+#     plane with simulated (kwok) nodes;
+#   - the end-to-end tier (tests/tests/e2e.rs) on a local real node
+#     (containerd, kubelet, kube-proxy): the shipped manifests, images built
+#     without Docker, traffic through the HAProxy Service.
+# Each cluster is torn down at the end; the real node's teardown is checked
+# to leave nothing behind. On failure the component logs are kept under
+# target/test-artifacts/. Needs root (network namespaces, the real node).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
+target=${CARGO_TARGET_DIR:-$root/target}
 started=$(date +%s)
 say() { printf '[test %s +%ss] %s\n' "$(date +%H:%M:%S)" "$(($(date +%s) - started))" "$*" >&2; }
 
-say "1/4 Debian packages"
+say "1/6 Debian packages"
 bash hack/deps.sh
-say "2/4 control-plane binaries (cached after the first build)"
+say "2/6 cluster binaries (cached after the first build)"
 bin=$(bash hack/build-binaries.sh | tail -n 1)
-say "3/4 building the workspace"
+say "3/6 building the workspace"
 cargo build --workspace --all-targets --locked
 
-# A cluster of its own, on other ports than the demo's, so the two coexist.
+# Clusters of their own, on other ports than the demo's.
 export LBPOOL_CLUSTER_DIR="$cache/test-cluster"
 export LBPOOL_ETCD_PORT=${LBPOOL_TEST_ETCD_PORT:-23890}
 export LBPOOL_APISERVER_PORT=${LBPOOL_TEST_APISERVER_PORT:-26543}
@@ -27,21 +35,33 @@ mkdir -p "$artifacts"
 finish() {
   local rc=$?
   if [ $rc -ne 0 ] && [ -d "$LBPOOL_CLUSTER_DIR/logs" ]; then
-    cp -r "$LBPOOL_CLUSTER_DIR/logs" "$artifacts/cluster-logs"
-    say "FAILED; control-plane logs and controller logs kept in $artifacts"
+    mkdir -p "$artifacts/cluster-logs"
+    cp -r "$LBPOOL_CLUSTER_DIR/logs/." "$artifacts/cluster-logs/"
+    say "FAILED; control-plane, node and controller logs kept in $artifacts"
   fi
   bash hack/local-cluster.sh down >/dev/null 2>&1 || true
   exit $rc
 }
 trap finish EXIT
 bash hack/local-cluster.sh down >/dev/null 2>&1 || true
-kubeconfig=$(bash hack/local-cluster.sh up | tail -n 1)
 
-export LBPOOL_KUBECONFIG="$kubeconfig"
 export LBPOOL_KUBECTL="$bin/kubectl"
-export LBPOOL_CONTROLLER_BIN="$root/target/debug/lbpool-controller"
-export LBPOOL_WEBAPP_BIN="$root/target/debug/webapp"
+export LBPOOL_CONTROLLER_BIN="$target/debug/lbpool-controller"
+export LBPOOL_WEBAPP_BIN="$target/debug/webapp"
 export LBPOOL_TEST_ARTIFACTS="$artifacts"
-say "4/4 cargo test (unit, golden, injection, mock API, API, flow, hardening, data plane)"
-cargo test --workspace --locked -- --test-threads="${LBPOOL_TEST_THREADS:-4}"
+
+say "4/6 local control plane with simulated nodes; cargo test (unit, golden, injection, mock API, API, flow, hardening, data plane)"
+LBPOOL_KUBECONFIG=$(LBPOOL_NODE=kwok bash hack/local-cluster.sh up | tail -n 1)
+export LBPOOL_KUBECONFIG
+cargo test --workspace --locked -- --skip e2e_ --test-threads="${LBPOOL_TEST_THREADS:-4}"
+bash hack/local-cluster.sh down >/dev/null
+
+say "5/6 images without Docker (hack/images.sh) and a real node"
+LBPOOL_KUBECONFIG=$(LBPOOL_NODE=real bash hack/local-cluster.sh up | tail -n 1)
+export LBPOOL_KUBECONFIG
+
+say "6/6 end-to-end tier on the real node (the shipped manifests, traffic through the Service)"
+cargo test -p lbpool-tests --locked --test e2e -- --test-threads=1 --nocapture
+# Teardown is part of the test: it fails if the node left anything behind.
+bash hack/local-cluster.sh down
 say "all tests passed in $(($(date +%s) - started))s"
