@@ -80,6 +80,27 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Drops what this process remembers of a pool that is gone (`ns/name`),
+    /// so memory follows the number of pools, not how many ever existed.
+    pub fn forget(&self, pool_key: &str) {
+        lock(&self.validated).remove(pool_key);
+        lock(&self.failures).remove(pool_key);
+        lock(&self.rollouts).remove(pool_key);
+        lock(&self.reported).remove(pool_key);
+    }
+
+    /// How many pools this process remembers something of (for tests).
+    pub fn remembered(&self) -> usize {
+        let mut keys: std::collections::HashSet<String> =
+            lock(&self.validated).keys().cloned().collect();
+        keys.extend(lock(&self.failures).keys().cloned());
+        keys.extend(lock(&self.rollouts).keys().cloned());
+        keys.extend(lock(&self.reported).keys().cloned());
+        keys.len()
+    }
+}
+
 /// The last word on a pool's validity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Report {
@@ -199,6 +220,7 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
         .ok_or_else(|| Error::MissingNamespace(pool.name_any()))?;
     if pool.metadata.deletion_timestamp.is_some() {
         // The ConfigMap is garbage-collected through its ownerReference.
+        ctx.forget(&key(pool));
         return Ok(Action::await_change());
     }
     let apis = Apis::new(&ctx.client, &ns);
@@ -469,15 +491,21 @@ async fn write_status(
         "kind": LoadBalancerPool::kind(&()),
         "status": status,
     });
-    apis.pools
+    match apis
+        .pools
         .patch_status(
             &name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(patch),
         )
         .await
-        .during(|| format!("apply status of LoadBalancerPool {}/{name}", apis.ns))?;
-    Ok(())
+    {
+        // Deleted while this reconcile ran: nothing to report on, no error.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other
+            .map(drop)
+            .during(|| format!("apply status of LoadBalancerPool {}/{name}", apis.ns)),
+    }
 }
 
 fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
@@ -499,8 +527,56 @@ async fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
-    use std::time::Duration;
+    use super::*;
+    use crate::validate::ValidationError;
+    use futures::future::BoxFuture;
+    use kube::runtime::events::Reporter;
+
+    #[derive(Debug)]
+    struct NoValidator;
+
+    impl Validator for NoValidator {
+        fn check<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), ValidationError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_pool_is_forgotten_without_an_api_call() {
+        // A client whose API is never answered: any request would hang the test.
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "demo");
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        };
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Box::new(NoValidator),
+            Recorder::new(client, reporter),
+            Metrics::default(),
+        ));
+        for other in ["demo/webapp", "demo/other"] {
+            lock(&ctx.validated).insert(other.into(), "sha256:x".into());
+            lock(&ctx.rollouts).insert(other.into(), Timestamp::now());
+            lock(&ctx.reported).insert(other.into(), Report::Valid);
+        }
+        lock(&ctx.failures).insert("demo/webapp".into(), 3);
+        assert_eq!(ctx.remembered(), 2);
+
+        let mut pool = crate::testing::pool();
+        pool.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let action = reconcile(Arc::new(pool), ctx.clone())
+            .await
+            .expect("no error");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(ctx.remembered(), 1, "only demo/other is left");
+        ctx.forget("demo/other");
+        assert_eq!(ctx.remembered(), 0);
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

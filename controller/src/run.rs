@@ -21,7 +21,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use lbpool_crds::LoadBalancerPool;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::admin::{self, Health};
 use crate::desired::MANAGER;
@@ -258,13 +258,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     info!(namespace = ns.unwrap_or("<all>"), admin = %args.admin_addr, "lbpool-controller started");
+    let memory = ctx.clone();
     controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                // Reconcile failures are logged by the error policy; these are watch errors.
-                if !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..)) {
-                    error!(error = %e, "controller stream error");
+        .for_each(|res| {
+            let memory = memory.clone();
+            async move {
+                use kube::runtime::controller::Error as E;
+                match res {
+                    Ok(_) => {}
+                    // A reconcile queued for a pool deleted since: the usual end
+                    // of a pool, not an error. Forget what was kept for it.
+                    Err(E::ObjectNotFound(obj)) => {
+                        let key = format!(
+                            "{}/{}",
+                            obj.namespace.as_deref().unwrap_or_default(),
+                            obj.name
+                        );
+                        debug!(pool = %key, "pool deleted");
+                        memory.forget(&key);
+                    }
+                    // Logged by the error policy.
+                    Err(E::ReconcilerFailed(..)) => {}
+                    Err(e) => error!(error = %e, "controller stream error"),
                 }
             }
         })

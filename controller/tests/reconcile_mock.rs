@@ -211,26 +211,27 @@ fn read_path() -> (String, String, String) {
     )
 }
 
+/// The reads and the ConfigMap apply, a Deployment already rolled for the
+/// expected config, then `last`.
+fn up_to_date_and(last: Expect) -> Vec<Expect> {
+    let deployed = expected_hash();
+    reads_and_config_map_apply()
+        .into_iter()
+        .chain([
+            expect(
+                Method::GET,
+                &format!("/apis/apps/v1{NS}/deployments/haproxy"),
+                move |_| (StatusCode::OK, deployment(Some(&deployed))),
+            ),
+            last,
+        ])
+        .collect()
+}
+
 #[tokio::test]
 async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment() {
     let hash = expected_hash();
-    let deployed = hash.clone();
-    let sent = run(
-        pool(),
-        FakeValidator(None),
-        reads_and_config_map_apply()
-            .into_iter()
-            .chain([
-                expect(
-                    Method::GET,
-                    &format!("/apis/apps/v1{NS}/deployments/haproxy"),
-                    move |_| (StatusCode::OK, deployment(Some(&deployed))),
-                ),
-                status_apply(),
-            ])
-            .collect(),
-    )
-    .await;
+    let sent = run(pool(), FakeValidator(None), up_to_date_and(status_apply())).await;
     let config_map = &sent[2].1;
     assert_eq!(
         config_map["metadata"]["annotations"]["lbpool.dev/config-hash"],
@@ -254,6 +255,18 @@ async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment(
         status["status"].get("lastRolloutTime").is_none(),
         "no rollout happened: {status}"
     );
+}
+
+#[tokio::test]
+async fn a_pool_deleted_during_its_reconcile_is_not_an_error() {
+    let status_path = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/webapp/status");
+    // `run` requires the reconcile to succeed: the 404 of the status write
+    // means the pool is gone, which is nothing to retry or report.
+    let gone = expect(Method::PATCH, &status_path, |_| {
+        (StatusCode::NOT_FOUND, not_found("loadbalancerpools webapp"))
+    });
+    let sent = run(pool(), FakeValidator(None), up_to_date_and(gone)).await;
+    assert_eq!(sent.len(), 5);
 }
 
 #[tokio::test]
