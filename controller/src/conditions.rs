@@ -22,6 +22,8 @@ pub mod reason {
     pub const TEMPLATE_NOT_FOUND: &str = "TemplateNotFound";
     pub const TEMPLATE_INVALID: &str = "TemplateInvalid";
     pub const HAPROXY_REJECTED: &str = "HAProxyRejected";
+    /// The ConfigMap to write exists and is not this pool's.
+    pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
     pub const SERVING: &str = "Serving";
     pub const NO_READY_BACKENDS: &str = "NoReadyBackends";
     pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";

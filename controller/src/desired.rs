@@ -55,6 +55,46 @@ pub fn config_map(pool: &LoadBalancerPool, config: &RenderedConfig) -> ConfigMap
     }
 }
 
+/// Whether the pool may write its ConfigMap, given what exists under that
+/// name (`None`: nothing, it will be created). lbpool writes only a ConfigMap
+/// it created for this pool, which carries the pool's controller
+/// ownerReference (by UID). Anything else is a conflict, named, and left
+/// alone: a user's ConfigMap would otherwise be taken over and, with the
+/// ownerReference, garbage-collected along with the pool; another pool's
+/// would flap between two configs. The first claimant keeps it.
+pub fn config_map_claim(
+    pool: &LoadBalancerPool,
+    existing: Option<&ConfigMap>,
+) -> Result<(), InvalidPool> {
+    let Some(cm) = existing else {
+        return Ok(());
+    };
+    let name = pool.config_map_name();
+    let controller = cm
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true));
+    match controller {
+        Some(owner) if pool.metadata.uid.as_deref() == Some(owner.uid.as_str()) => Ok(()),
+        Some(owner) => Err(InvalidPool::new(
+            reason::CONFIG_MAP_CONFLICT,
+            format!(
+                "spec.haproxy.configMap: ConfigMap {name} belongs to {} {} (uid {}); choose another name",
+                owner.kind, owner.name, owner.uid
+            ),
+        )),
+        None => Err(InvalidPool::new(
+            reason::CONFIG_MAP_CONFLICT,
+            format!(
+                "spec.haproxy.configMap: ConfigMap {name} exists and was not created by lbpool for this pool; \
+                 lbpool leaves it untouched: choose another name, or delete it to let lbpool create its own"
+            ),
+        )),
+    }
+}
+
 /// A server-side apply patch that sets only the pod-template annotation.
 pub fn deployment_patch(name: &str, hash: &str) -> serde_json::Value {
     json!({
@@ -335,6 +375,47 @@ mod tests {
             }
         }
         assert_eq!(rollouts, 2, "10 s of changes with a 5 s interval");
+    }
+
+    #[test]
+    fn only_a_config_map_made_for_this_pool_may_be_written() {
+        let p = pool();
+        let config = crate::render::Renderer::new()
+            .render(crate::render::Template::BuiltIn, &model_with_servers(1))
+            .expect("render");
+        assert!(config_map_claim(&p, None).is_ok(), "absent: created");
+        let ours = config_map(&p, &config);
+        assert!(
+            config_map_claim(&p, Some(&ours)).is_ok(),
+            "made for this pool"
+        );
+
+        let mut users = ConfigMap::default();
+        users.metadata.name = Some(p.config_map_name());
+        let e = config_map_claim(&p, Some(&users)).expect_err("a user's");
+        assert_eq!(e.reason, reason::CONFIG_MAP_CONFLICT);
+        assert!(
+            e.message.starts_with("spec.haproxy.configMap:"),
+            "{}",
+            e.message
+        );
+
+        let mut other = pool();
+        other.metadata.name = Some("other".into());
+        other.metadata.uid = Some("another-uid".into());
+        let theirs = config_map(&other, &config);
+        let e = config_map_claim(&p, Some(&theirs)).expect_err("another pool's");
+        assert!(
+            e.message
+                .contains("LoadBalancerPool other (uid another-uid)"),
+            "{}",
+            e.message
+        );
+        // The same name recreated: the old pool's ConfigMap awaits garbage
+        // collection and is not taken over.
+        let mut reborn = pool();
+        reborn.metadata.uid = Some("new-uid".into());
+        assert!(config_map_claim(&reborn, Some(&ours)).is_err());
     }
 
     #[test]

@@ -327,6 +327,14 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
             Err(e @ ValidationError::Unavailable { .. }) => return Err(Error::from(e).into()),
         }
     }
+    // Last of the checks, right before the write: is the ConfigMap ours?
+    let cm_name = pool.config_map_name();
+    let existing = apis
+        .config_maps
+        .get_opt(&cm_name)
+        .await
+        .during(|| format!("get ConfigMap {ns}/{cm_name}"))?;
+    desired::config_map_claim(pool, existing.as_ref())?;
     Ok(Prepared {
         model,
         config,

@@ -193,12 +193,18 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 /// The requests of every reconcile that publishes: read the Service and its
-/// slices, apply the ConfigMap.
+/// slices, look whether the ConfigMap exists (not yet), apply it.
 fn reads_and_config_map_apply() -> Vec<Expect> {
     let (svc, eps, cm) = read_path();
     vec![
         expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
         expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+        expect(Method::GET, &cm, |_| {
+            (
+                StatusCode::NOT_FOUND,
+                not_found("configmaps webapp-haproxy"),
+            )
+        }),
         echo(Method::PATCH, &cm),
     ]
 }
@@ -232,7 +238,7 @@ fn up_to_date_and(last: Expect) -> Vec<Expect> {
 async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment() {
     let hash = expected_hash();
     let sent = run(pool(), FakeValidator(None), up_to_date_and(status_apply())).await;
-    let config_map = &sent[2].1;
+    let config_map = &sent[3].1;
     assert_eq!(
         config_map["metadata"]["annotations"]["lbpool.dev/config-hash"],
         hash.as_str()
@@ -247,7 +253,7 @@ async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment(
         config_map["metadata"]["ownerReferences"][0]["kind"],
         "LoadBalancerPool"
     );
-    let status = &sent[4].1;
+    let status = &sent[5].1;
     assert_eq!(status["status"]["readyBackends"], 1);
     assert_eq!(condition(status, "Ready")["status"], "True");
     assert_eq!(condition(status, "RolloutPending")["status"], "False");
@@ -266,7 +272,7 @@ async fn a_pool_deleted_during_its_reconcile_is_not_an_error() {
         (StatusCode::NOT_FOUND, not_found("loadbalancerpools webapp"))
     });
     let sent = run(pool(), FakeValidator(None), up_to_date_and(gone)).await;
-    assert_eq!(sent.len(), 5);
+    assert_eq!(sent.len(), 6);
 }
 
 #[tokio::test]
@@ -296,18 +302,53 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
             .collect(),
     )
     .await;
-    let patch = &sent[4].1;
+    let patch = &sent[5].1;
     assert_eq!(
         patch,
         &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "haproxy"},
                 "spec": {"template": {"metadata": {"annotations": {"lbpool.dev/config-hash": hash}}}}}),
         "only the pod-template annotation is applied"
     );
-    let event = &sent[5].1;
+    let event = &sent[6].1;
     assert_eq!(event["reason"], "RolloutTriggered");
     assert_eq!(event["related"]["resourceVersion"], "8");
-    let status = &sent[6].1;
+    let status = &sent[7].1;
     assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
+}
+
+#[tokio::test]
+async fn a_config_map_that_is_not_the_pools_is_left_alone_and_reported() {
+    let (svc, eps, cm) = read_path();
+    let status = run(
+        pool(),
+        FakeValidator(None),
+        vec![
+            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
+            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+            expect(Method::GET, &cm, |_| {
+                let users = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "webapp-haproxy", "namespace": "demo"},
+                    "data": {"keep": "me"}});
+                (StatusCode::OK, users)
+            }),
+            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
+            status_apply(),
+        ],
+    )
+    .await;
+    // No PATCH of the ConfigMap, no Deployment read: the script says so.
+    let event = &status[3].1;
+    assert_eq!(event["reason"], "ConfigMapConflict");
+    assert_eq!(event["type"], "Warning");
+    let valid = condition(&status[4].1, "ConfigValid");
+    assert_eq!(valid["status"], "False");
+    assert_eq!(valid["reason"], "ConfigMapConflict");
+    assert!(
+        valid["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not created by lbpool")),
+        "{valid}"
+    );
 }
 
 #[tokio::test]

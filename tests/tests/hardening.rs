@@ -406,3 +406,107 @@ fn kubectl_apply_as(ns: &str, yaml: &str, manager: &str) {
     )
     .unwrap_or_else(|e| panic!("apply as {manager}: {e}"));
 }
+
+/// Pool `name` serving the demo's Deployment, writing ConfigMap `config_map`.
+fn pool_writing(name: &str, config_map: &str) -> String {
+    format!(
+        "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {{service: webapp, port: http}}\n  haproxy: {{deployment: haproxy, configMap: {config_map}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_config_map_that_is_not_the_pools_is_never_taken() {
+    let (ns, env, _controller) = setup("owner", &["webapp.yaml", "haproxy.yaml"]).await;
+    let n = ns.name.clone();
+    // 1. A ConfigMap the user already had.
+    let precious =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: precious\ndata:\n  keep: me\n";
+    apply_yaml(&n, precious).expect("the user's ConfigMap");
+    let before = env.config_maps.get("precious").await.expect("precious");
+    apply_yaml(&n, &pool_writing("greedy", "precious")).expect("pool greedy");
+    // 2. Two pools, one ConfigMap: webapp claims webapp-haproxy first.
+    apply_yaml(&n, &pool_writing("webapp", "webapp-haproxy")).expect("pool webapp");
+    env.converged(2).await;
+    apply_yaml(&n, &pool_writing("second", "webapp-haproxy")).expect("pool second");
+
+    for (pool, says) in [
+        ("greedy", "not created by lbpool"),
+        ("second", "belongs to LoadBalancerPool webapp"),
+    ] {
+        eventually(&format!("{pool} to report the conflict"), WAIT, || async {
+            match condition(&env, pool, "ConfigValid").await {
+                Some((s, r, m)) if s == "False" && r == "ConfigMapConflict" && m.contains(says) => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    // No writes while the conflicts stand: neither ConfigMap changes, and
+    // the Deployment does not roll, over more than a rollout interval.
+    let cm_version = |name: &'static str| {
+        let env = &env;
+        async move {
+            let cm = env.config_maps.get(name).await.expect(name);
+            cm.metadata.resource_version.unwrap_or_default()
+        }
+    };
+    let (ours, generation) = (
+        cm_version("webapp-haproxy").await,
+        deployment_generation(&env).await,
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        cm_version("webapp-haproxy").await,
+        ours,
+        "the first claimant's ConfigMap is untouched"
+    );
+    assert_eq!(
+        deployment_generation(&env).await,
+        generation,
+        "no rollout from the conflicting pool"
+    );
+    let after = env.config_maps.get("precious").await.expect("precious");
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(
+        after.metadata.owner_references, None,
+        "no ownerReference added"
+    );
+    assert_eq!(
+        condition(&env, "webapp", "Ready")
+            .await
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True")
+    );
+    // One Warning per conflicting pool, not one per retry.
+    let events = events_of(&n);
+    let warnings: Vec<_> = events
+        .lines()
+        .filter(|l| l.starts_with("Warning ConfigMapConflict"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{events}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.trim_end() == "Warning ConfigMapConflict"),
+        "no repeats: {events}"
+    );
+
+    // 3. Deleting the pool that named it does not garbage-collect it.
+    kubectl(&["delete", "lbp", "greedy", "-n", &n, "--wait=true"]).expect("delete greedy");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept = env
+        .config_maps
+        .get("precious")
+        .await
+        .expect("precious survives its pool");
+    assert_eq!(
+        kept.data.and_then(|mut d| d.remove("keep")).as_deref(),
+        Some("me")
+    );
+}
