@@ -59,7 +59,9 @@ say "pause: gcc -static"
 gcc -static -Os -s -o "$out/work/pause" "$here/images/pause.c" || die "building pause failed (gcc and libc6-dev are needed)"
 
 say "workspace binaries (cargo profile $profile)"
-(cd "$root" && cargo build --locked --profile "$profile" -p lbpool-controller -p lbpool-webapp) ||
+# The same invocation as hack/test.sh's, so its build is reused as it is
+# (building two packages alone would unify features differently).
+(cd "$root" && cargo build --locked --profile "$profile" --workspace --all-targets) ||
   die "cargo build failed"
 target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"

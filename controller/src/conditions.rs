@@ -24,6 +24,8 @@ pub mod reason {
     pub const HAPROXY_REJECTED: &str = "HAProxyRejected";
     /// The ConfigMap to write exists and is not this pool's.
     pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
+    /// The HAProxy Deployment is rolled by another pool.
+    pub const DEPLOYMENT_CONFLICT: &str = "DeploymentConflict";
     pub const SERVING: &str = "Serving";
     pub const NO_READY_BACKENDS: &str = "NoReadyBackends";
     pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";

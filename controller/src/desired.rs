@@ -22,6 +22,9 @@ pub const MANAGER: &str = "lbpool-controller";
 pub const CONFIG_HASH_ANNOTATION: &str = "lbpool.dev/config-hash";
 /// Label on generated ConfigMaps naming their pool.
 pub const POOL_LABEL: &str = "lbpool.dev/pool";
+/// Annotation of the HAProxy Deployment naming the pool that rolls it, set
+/// with its first rollout: one Deployment, one pool.
+pub const POOL_CLAIM_ANNOTATION: &str = "lbpool.dev/pool";
 /// The ConfigMap key HAProxy reads.
 pub const CONFIG_KEY: &str = "haproxy.cfg";
 
@@ -95,12 +98,49 @@ pub fn config_map_claim(
     }
 }
 
-/// A server-side apply patch that sets only the pod-template annotation.
-pub fn deployment_patch(name: &str, hash: &str) -> serde_json::Value {
+/// Who rolls a Deployment, by its claim annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeploymentClaim {
+    /// This pool, or nobody yet: this pool may roll it (and claims it then).
+    Free,
+    /// The pool of this name (in the same namespace) claimed it first.
+    Pool(String),
+}
+
+/// The claim on `deployment`, seen from `pool`.
+pub fn deployment_claim(pool: &LoadBalancerPool, deployment: &Deployment) -> DeploymentClaim {
+    let claimant = deployment
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POOL_CLAIM_ANNOTATION));
+    match claimant {
+        Some(other) if Some(other) != pool.metadata.name.as_ref() => {
+            DeploymentClaim::Pool(other.clone())
+        }
+        _ => DeploymentClaim::Free,
+    }
+}
+
+/// The conflict a pool reports when another, existing pool rolls its Deployment.
+pub fn deployment_conflict(pool: &LoadBalancerPool, other: &str) -> InvalidPool {
+    InvalidPool::new(
+        reason::DEPLOYMENT_CONFLICT,
+        format!(
+            "spec.haproxy.deployment: Deployment {} is rolled by LoadBalancerPool {other} (annotation {POOL_CLAIM_ANNOTATION}); \
+             one Deployment serves one pool",
+            pool.spec.haproxy.deployment
+        ),
+    )
+}
+
+/// A server-side apply patch that sets only the pod-template annotation,
+/// and the claim of `pool` on the Deployment.
+pub fn deployment_patch(name: &str, pool: &str, hash: &str) -> serde_json::Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": { "name": name },
+        "metadata": { "name": name, "annotations": { POOL_CLAIM_ANNOTATION: pool } },
         "spec": { "template": { "metadata": { "annotations": { CONFIG_HASH_ANNOTATION: hash } } } }
     })
 }

@@ -239,6 +239,8 @@ struct Prepared {
     model: Model,
     config: RenderedConfig,
     min_interval: Duration,
+    /// The HAProxy Deployment, if it exists (not claimed by another pool).
+    deployment: Option<Deployment>,
 }
 
 /// Steps 1-4 of the flow: inputs read, model built, config rendered and validated.
@@ -335,10 +337,30 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
         .await
         .during(|| format!("get ConfigMap {ns}/{cm_name}"))?;
     desired::config_map_claim(pool, existing.as_ref())?;
+    let deployment_name = &spec.haproxy.deployment;
+    let deployment = apis
+        .deployments
+        .get_opt(deployment_name)
+        .await
+        .during(|| format!("get Deployment {ns}/{deployment_name}"))?;
+    if let Some(d) = &deployment
+        && let desired::DeploymentClaim::Pool(other) = desired::deployment_claim(pool, d)
+    {
+        // A claim of a pool deleted since is void: the Deployment is free.
+        let claimant = apis
+            .pools
+            .get_opt(&other)
+            .await
+            .during(|| format!("get LoadBalancerPool {ns}/{other}"))?;
+        if claimant.is_some() {
+            return Err(desired::deployment_conflict(pool, &other).into());
+        }
+    }
     Ok(Prepared {
         model,
         config,
         min_interval,
+        deployment,
     })
 }
 
@@ -363,11 +385,7 @@ async fn publish(
 
     let now = Timestamp::now();
     let deployment_name = &pool.spec.haproxy.deployment;
-    let deployment = apis
-        .deployments
-        .get_opt(deployment_name)
-        .await
-        .during(|| format!("get Deployment {ns}/{deployment_name}"))?;
+    let deployment = &p.deployment;
     let pool_key = key(pool);
     let recorded = pool
         .status
@@ -375,7 +393,7 @@ async fn publish(
         .and_then(|s| s.last_rollout_time.as_ref())
         .map(|t| t.0);
     let last_rollout = recorded.max(lock(&ctx.rollouts).get(&pool_key).copied());
-    let state = match &deployment {
+    let state = match deployment {
         None => DeploymentState::Missing,
         Some(d) => {
             let deployed = desired::deployed_hash(d).map(str::to_owned);
@@ -396,6 +414,7 @@ async fn publish(
                             &apply,
                             &Patch::Apply(desired::deployment_patch(
                                 deployment_name,
+                                &pool.name_any(),
                                 &p.config.hash,
                             )),
                         )

@@ -193,8 +193,9 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 /// The requests of every reconcile that publishes: read the Service and its
-/// slices, look whether the ConfigMap exists (not yet), apply it.
-fn reads_and_config_map_apply() -> Vec<Expect> {
+/// slices, look whether the ConfigMap exists (not yet), read the Deployment
+/// (`deployment`), apply the ConfigMap.
+fn reads_then_config_map_apply(deployment: Value) -> Vec<Expect> {
     let (svc, eps, cm) = read_path();
     vec![
         expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
@@ -205,8 +206,15 @@ fn reads_and_config_map_apply() -> Vec<Expect> {
                 not_found("configmaps webapp-haproxy"),
             )
         }),
+        expect(Method::GET, &deployment_path(), move |_| {
+            (StatusCode::OK, deployment.clone())
+        }),
         echo(Method::PATCH, &cm),
     ]
+}
+
+fn deployment_path() -> String {
+    format!("/apis/apps/v1{NS}/deployments/haproxy")
 }
 
 fn read_path() -> (String, String, String) {
@@ -220,25 +228,16 @@ fn read_path() -> (String, String, String) {
 /// The reads and the ConfigMap apply, a Deployment already rolled for the
 /// expected config, then `last`.
 fn up_to_date_and(last: Expect) -> Vec<Expect> {
-    let deployed = expected_hash();
-    reads_and_config_map_apply()
-        .into_iter()
-        .chain([
-            expect(
-                Method::GET,
-                &format!("/apis/apps/v1{NS}/deployments/haproxy"),
-                move |_| (StatusCode::OK, deployment(Some(&deployed))),
-            ),
-            last,
-        ])
-        .collect()
+    let mut script = reads_then_config_map_apply(deployment(Some(&expected_hash())));
+    script.push(last);
+    script
 }
 
 #[tokio::test]
 async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment() {
     let hash = expected_hash();
     let sent = run(pool(), FakeValidator(None), up_to_date_and(status_apply())).await;
-    let config_map = &sent[3].1;
+    let config_map = &sent[4].1;
     assert_eq!(
         config_map["metadata"]["annotations"]["lbpool.dev/config-hash"],
         hash.as_str()
@@ -278,17 +277,13 @@ async fn a_pool_deleted_during_its_reconcile_is_not_an_error() {
 #[tokio::test]
 async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
     let hash = expected_hash();
-    let deployment_path = format!("/apis/apps/v1{NS}/deployments/haproxy");
     let sent = run(
         pool(),
         FakeValidator(None),
-        reads_and_config_map_apply()
+        reads_then_config_map_apply(deployment(Some("sha256:old")))
             .into_iter()
             .chain([
-                expect(Method::GET, &deployment_path, |_| {
-                    (StatusCode::OK, deployment(Some("sha256:old")))
-                }),
-                expect(Method::PATCH, &deployment_path, |body| {
+                expect(Method::PATCH, &deployment_path(), |body| {
                     let mut d = deployment(
                     body["spec"]["template"]["metadata"]["annotations"]["lbpool.dev/config-hash"]
                         .as_str(),
@@ -305,15 +300,91 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
     let patch = &sent[5].1;
     assert_eq!(
         patch,
-        &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "haproxy"},
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "haproxy", "annotations": {"lbpool.dev/pool": "webapp"}},
                 "spec": {"template": {"metadata": {"annotations": {"lbpool.dev/config-hash": hash}}}}}),
-        "only the pod-template annotation is applied"
+        "only the pod-template annotation and the pool's claim are applied"
     );
     let event = &sent[6].1;
     assert_eq!(event["reason"], "RolloutTriggered");
     assert_eq!(event["related"]["resourceVersion"], "8");
     let status = &sent[7].1;
     assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
+}
+
+/// A Deployment claimed by pool `other`.
+fn claimed_by_other() -> Value {
+    let mut d = deployment(Some("sha256:others"));
+    d["metadata"]["annotations"] = json!({"lbpool.dev/pool": "other"});
+    d
+}
+
+#[tokio::test]
+async fn a_deployment_another_pool_rolls_is_left_alone_and_reported() {
+    let (svc, eps, cm) = read_path();
+    let other = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/other");
+    let sent = run(
+        pool(),
+        FakeValidator(None),
+        vec![
+            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
+            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+            expect(Method::GET, &cm, |_| {
+                (
+                    StatusCode::NOT_FOUND,
+                    not_found("configmaps webapp-haproxy"),
+                )
+            }),
+            expect(Method::GET, &deployment_path(), |_| {
+                (StatusCode::OK, claimed_by_other())
+            }),
+            expect(Method::GET, &other, |_| {
+                let mut p = serde_json::to_value(pool()).expect("pool json");
+                p["metadata"]["name"] = json!("other");
+                (StatusCode::OK, p)
+            }),
+            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
+            status_apply(),
+        ],
+    )
+    .await;
+    // Nothing written: no ConfigMap apply, no Deployment patch.
+    assert_eq!(sent[5].1["reason"], "DeploymentConflict");
+    let valid = condition(&sent[6].1, "ConfigValid");
+    assert_eq!(valid["reason"], "DeploymentConflict");
+    assert!(
+        valid["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rolled by LoadBalancerPool other")),
+        "{valid}"
+    );
+}
+
+#[tokio::test]
+async fn the_claim_of_a_deleted_pool_is_void() {
+    let other = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/other");
+    let mut script = reads_then_config_map_apply(claimed_by_other());
+    // The claimant is looked up between the Deployment read and the apply.
+    script.insert(
+        4,
+        expect(Method::GET, &other, |_| {
+            (StatusCode::NOT_FOUND, not_found("loadbalancerpools other"))
+        }),
+    );
+    script.extend([
+        expect(Method::PATCH, &deployment_path(), |body| {
+            let mut d = claimed_by_other();
+            d["metadata"]["annotations"] = body["metadata"]["annotations"].clone();
+            (StatusCode::OK, d)
+        }),
+        echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
+        status_apply(),
+    ]);
+    let sent = run(pool(), FakeValidator(None), script).await;
+    assert_eq!(
+        sent[6].1["metadata"]["annotations"]["lbpool.dev/pool"],
+        "webapp"
+    );
 }
 
 #[tokio::test]
