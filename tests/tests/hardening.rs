@@ -408,6 +408,8 @@ fn kubectl_apply_as(ns: &str, yaml: &str, manager: &str) {
 }
 
 /// Pool `name` serving the demo's Deployment, writing ConfigMap `config_map`.
+/// The test creates the others after `webapp` converged, so `webapp` holds
+/// both claims: its ConfigMap's ownerReference and the Deployment's annotation.
 fn pool_writing(name: &str, config_map: &str) -> String {
     format!(
         "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {{service: webapp, port: http}}\n  haproxy: {{deployment: haproxy, configMap: {config_map}}}\n"
@@ -415,7 +417,7 @@ fn pool_writing(name: &str, config_map: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_config_map_that_is_not_the_pools_is_never_taken() {
+async fn a_config_map_or_deployment_that_is_not_the_pools_is_never_taken() {
     let (ns, env, _controller) = setup("owner", &["webapp.yaml", "haproxy.yaml"]).await;
     let n = ns.name.clone();
     // 1. A ConfigMap the user already had.
@@ -428,16 +430,25 @@ async fn a_config_map_that_is_not_the_pools_is_never_taken() {
     apply_yaml(&n, &pool_writing("webapp", "webapp-haproxy")).expect("pool webapp");
     env.converged(2).await;
     apply_yaml(&n, &pool_writing("second", "webapp-haproxy")).expect("pool second");
+    // 3. Two pools, one Deployment: each with a ConfigMap of its own.
+    apply_yaml(&n, &pool_writing("third", "third-haproxy")).expect("pool third");
 
-    for (pool, says) in [
-        ("greedy", "not created by lbpool"),
-        ("second", "belongs to LoadBalancerPool webapp"),
+    for (pool, reason, says) in [
+        ("greedy", "ConfigMapConflict", "not created by lbpool"),
+        (
+            "second",
+            "ConfigMapConflict",
+            "belongs to LoadBalancerPool webapp",
+        ),
+        (
+            "third",
+            "DeploymentConflict",
+            "rolled by LoadBalancerPool webapp",
+        ),
     ] {
         eventually(&format!("{pool} to report the conflict"), WAIT, || async {
             match condition(&env, pool, "ConfigValid").await {
-                Some((s, r, m)) if s == "False" && r == "ConfigMapConflict" && m.contains(says) => {
-                    Ok(())
-                }
+                Some((s, r, m)) if s == "False" && r == reason && m.contains(says) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         })
