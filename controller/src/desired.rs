@@ -212,7 +212,9 @@ pub fn published_status(
     now: &Time,
 ) -> LoadBalancerPoolStatus {
     let previous = pool.status.clone().unwrap_or_default();
-    let ready = i32::try_from(model.servers.len()).unwrap_or(i32::MAX);
+    // Draining servers finish sticky sessions; they take no new ones.
+    let taking = model.servers.iter().filter(|s| !s.draining).count();
+    let ready = i32::try_from(taking).unwrap_or(i32::MAX);
     let last_rollout_time = match deployment {
         DeploymentState::Rolled { at } => Some(Time(*at)),
         _ => last_rollout.map(Time),

@@ -269,3 +269,77 @@ async fn ipv6_endpoints_render_to_servers_haproxy_accepts() {
         .await
         .expect("haproxy accepts IPv6 servers");
 }
+
+/// Three pods; `webapp-b` and `webapp-c` terminating, `webapp-c` no longer
+/// serving; with `all_terminating`, `webapp-a` terminating (serving) too.
+fn terminating_slice(all_terminating: bool) -> Vec<k8s_openapi::api::discovery::v1::EndpointSlice> {
+    use crate::testing::{slice, terminating};
+    let mut s = slice(
+        "ts",
+        "http",
+        3000,
+        &[
+            ("10.244.0.7", "webapp-a", true),
+            ("10.244.0.8", "webapp-b", true),
+            ("10.244.0.9", "webapp-c", true),
+        ],
+    );
+    terminating(&mut s, "webapp-b", true);
+    terminating(&mut s, "webapp-c", false);
+    if all_terminating {
+        terminating(&mut s, "webapp-a", true);
+    }
+    vec![s]
+}
+
+#[tokio::test]
+async fn a_sticky_pool_keeps_serving_terminating_pods_draining() {
+    let mut p = pool();
+    lab(&mut p);
+    p.spec.sticky_session = Some(StickySession {
+        cookie: "SERVERID".into(),
+    });
+    let port = BackendPort {
+        name: Some("http".into()),
+    };
+    let model = model::build(&p, &port, &terminating_slice(false)).unwrap();
+    let text = Renderer::new()
+        .render(Template::BuiltIn, &model)
+        .unwrap()
+        .text;
+    // The ready pod takes new sessions; the serving terminating one keeps
+    // its pinned sessions only; the one no longer serving is gone.
+    assert_golden("sticky-drain", &text).await;
+    assert!(
+        text.contains("server webapp-b 10.244.0.8:3000 check cookie webapp-b weight 0\n"),
+        "{text}"
+    );
+    assert!(!text.contains("webapp-c"), "{text}");
+}
+
+#[tokio::test]
+async fn serving_terminating_pods_serve_when_no_pod_is_ready() {
+    let mut p = pool();
+    lab(&mut p);
+    let port = BackendPort {
+        name: Some("http".into()),
+    };
+    // Some ready: without a sticky cookie, terminating pods get no traffic.
+    let some = model::build(&p, &port, &terminating_slice(false)).unwrap();
+    let names: Vec<_> = some.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["webapp-a"]);
+    // None ready: kube-proxy's fallback to the serving terminating ones,
+    // at full weight, rather than a config without servers.
+    let model = model::build(&p, &port, &terminating_slice(true)).unwrap();
+    let text = Renderer::new()
+        .render(Template::BuiltIn, &model)
+        .unwrap()
+        .text;
+    assert_golden("serving-terminating", &text).await;
+    let names: Vec<_> = model
+        .servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.draining))
+        .collect();
+    assert_eq!(names, [("webapp-a", false), ("webapp-b", false)]);
+}

@@ -109,6 +109,9 @@ pub struct Server {
     pub cookie: String,
     /// Topology zone, when known. Reported in status, not used by the built-in template.
     pub zone: Option<String>,
+    /// A terminating pod that still serves, kept for the sessions its sticky
+    /// cookie pins to it: no new sessions (`weight 0`, HAProxy's drain).
+    pub draining: bool,
 }
 
 /// Why a pool cannot be turned into a config. The last good config stays.
@@ -303,7 +306,7 @@ pub fn build(
             stats,
             timeouts,
         },
-        servers: servers(port, slices),
+        servers: servers(port, slices, spec.sticky_session.is_some()),
     })
 }
 
@@ -354,12 +357,18 @@ fn small(value: i32, field: &str) -> Result<u8, InvalidPool> {
         .ok_or_else(|| InvalidPool::spec(field, value, "a count from 1 to 100"))
 }
 
-/// The ready endpoints of all slices on the backend port: deduplicated by
-/// address and port, named after their pods, sorted by name.
-fn servers(port: &BackendPort, slices: &[EndpointSlice]) -> Vec<Server> {
-    // (address, port) -> (base name, zone); a BTreeMap makes the result
-    // independent of the order of slices and endpoints.
-    let mut endpoints: BTreeMap<(IpAddr, u16), (String, Option<String>)> = BTreeMap::new();
+/// The endpoints of all slices on the backend port that get traffic:
+/// deduplicated by address and port, named after their pods, sorted by name.
+///
+/// kube-proxy's rule: the ready endpoints; when there is none, those that
+/// are terminating but still serving (a rolling update of every pod, or all
+/// pods draining) rather than nothing. With a sticky cookie, terminating but
+/// serving endpoints also stay beside the ready ones as draining servers, so
+/// the sessions pinned to them finish there.
+fn servers(port: &BackendPort, slices: &[EndpointSlice], sticky: bool) -> Vec<Server> {
+    // (address, port) -> (base name, zone, state); a BTreeMap makes the
+    // result independent of the order of slices and endpoints.
+    let mut endpoints: BTreeMap<(IpAddr, u16), (String, Option<String>, State)> = BTreeMap::new();
     for slice in slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
@@ -375,7 +384,11 @@ fn servers(port: &BackendPort, slices: &[EndpointSlice]) -> Vec<Server> {
         else {
             continue;
         };
-        for endpoint in slice.endpoints.iter().flatten().filter(|e| is_ready(e)) {
+        for endpoint in slice.endpoints.iter().flatten() {
+            let state = state(endpoint);
+            if state == State::Out {
+                continue;
+            }
             // Consumers use the first address only (EndpointSlice API contract).
             let Some(address) = endpoint
                 .addresses
@@ -388,25 +401,35 @@ fn servers(port: &BackendPort, slices: &[EndpointSlice]) -> Vec<Server> {
             let zone = endpoint.zone.clone().filter(|z| is_label_value(z));
             let entry = endpoints
                 .entry((address, number))
-                .or_insert((base.clone(), zone));
-            // Two slices may briefly list one endpoint; keep the smaller name so
-            // the choice does not depend on slice order.
+                .or_insert((base.clone(), zone, state));
+            // Two slices may briefly list one endpoint; keep the smaller name
+            // and the better state so the choice does not depend on slice order.
             if base < entry.0 {
                 entry.0 = base;
             }
+            entry.2 = entry.2.min(state);
         }
     }
 
-    let mut by_name: Vec<(String, IpAddr, u16, Option<String>)> = endpoints
+    let any_ready = endpoints.values().any(|e| e.2 == State::Ready);
+    let mut by_name: Vec<(String, IpAddr, u16, Option<String>, bool)> = endpoints
         .into_iter()
-        .map(|((address, port), (name, zone))| (name, address, port, zone))
+        .filter_map(|((address, port), (name, zone, state))| {
+            let draining = match state {
+                State::Ready => false,
+                State::ServingTerminating if !any_ready => false,
+                State::ServingTerminating if sticky => true,
+                _ => return None,
+            };
+            Some((name, address, port, zone, draining))
+        })
         .collect();
     by_name.sort();
 
     let mut taken = BTreeSet::new();
     let mut servers: Vec<Server> = by_name
         .into_iter()
-        .map(|(base, address, port, zone)| {
+        .map(|(base, address, port, zone, draining)| {
             let mut name = base.clone();
             let mut n = 2;
             while !taken.insert(name.clone()) {
@@ -419,6 +442,7 @@ fn servers(port: &BackendPort, slices: &[EndpointSlice]) -> Vec<Server> {
                 address: address.to_string(),
                 port,
                 zone,
+                draining,
             }
         })
         .collect();
@@ -426,11 +450,27 @@ fn servers(port: &BackendPort, slices: &[EndpointSlice]) -> Vec<Server> {
     servers
 }
 
+/// What an endpoint is good for; the order is preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum State {
+    Ready,
+    ServingTerminating,
+    Out,
+}
+
 /// `ready` unset means unknown, which consumers treat as ready; a terminating
-/// endpoint is never ready for new connections.
-fn is_ready(endpoint: &Endpoint) -> bool {
+/// endpoint is never ready for new connections, but may still be serving
+/// (`serving` unset: as `ready`, its meaning before the field existed).
+fn state(endpoint: &Endpoint) -> State {
     let c = endpoint.conditions.as_ref();
-    c.and_then(|c| c.ready).unwrap_or(true) && !c.and_then(|c| c.terminating).unwrap_or(false)
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+    match (terminating, ready, serving) {
+        (false, true, _) => State::Ready,
+        (true, _, true) => State::ServingTerminating,
+        _ => State::Out,
+    }
 }
 
 /// The pod name (or host name) made an HAProxy identifier: letters, digits,

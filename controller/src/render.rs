@@ -76,7 +76,8 @@ struct BuiltInView<'a> {
     server_lines: String,
 }
 
-/// `    server <name> <address>:<port> check[ cookie <cookie>]` per server.
+/// `    server <name> <address>:<port> check[ cookie <cookie>][ weight 0]` per
+/// server; `weight 0` is a draining server (sticky sessions only).
 /// Every value was validated for HAProxy when the model was built.
 fn server_lines(model: &Model) -> String {
     let sticky = model.proxy.sticky_session.is_some();
@@ -91,6 +92,9 @@ fn server_lines(model: &Model) -> String {
         );
         if sticky {
             let _ = write!(out, " cookie {}", s.cookie);
+        }
+        if s.draining {
+            out.push_str(" weight 0");
         }
         out.push('\n');
     }

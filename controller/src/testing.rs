@@ -134,3 +134,16 @@ pub fn haproxy() -> HaproxyValidator {
     );
     HaproxyValidator::new(bin)
 }
+
+/// Marks the endpoint of pod `pod` in `slice` terminating, serving or not.
+pub fn terminating(slice: &mut EndpointSlice, pod: &str, serving: bool) {
+    for e in slice.endpoints.iter_mut().flatten() {
+        if e.target_ref.as_ref().and_then(|r| r.name.as_deref()) == Some(pod) {
+            e.conditions = Some(EndpointConditions {
+                ready: Some(false),
+                serving: Some(serving),
+                terminating: Some(true),
+            });
+        }
+    }
+}

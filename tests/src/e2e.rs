@@ -331,7 +331,8 @@ impl Rollouts {
                     started = None;
                 }
             }
-            if started.is_none() && done().await {
+            // Done, and no rollout began since the generation was read.
+            if started.is_none() && done().await && demo.haproxy_generation().await == seen {
                 return Self(out);
             }
             assert!(
