@@ -258,3 +258,74 @@ async fn e2e_a_controller_pod_deleted_mid_burst_is_replaced_without_an_extra_rol
         after - before
     );
 }
+
+fn patch_pool(patch: &str) {
+    kubectl(&[
+        "patch",
+        "lbp",
+        "webapp",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        patch,
+    ])
+    .expect("patch the pool");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_with_a_sticky_cookie_a_terminating_pod_drains_then_leaves() {
+    let _turn = serial().await;
+    let demo = demo().await;
+    demo.serve(3).await;
+    patch_pool(r#"{"spec":{"stickySession":{"cookie":"SERVERID"}}}"#);
+    let before: std::collections::BTreeSet<String> = demo.env.ready_pod_ips().await;
+    demo.env.set_replicas(2).await;
+    // The removed pod runs its 30 s preStop: terminating, still serving.
+    let line = eventually(
+        "the terminating pod as a draining server",
+        Duration::from_secs(60),
+        || async {
+            let cm = demo
+                .env
+                .config_maps
+                .get("webapp-haproxy")
+                .await
+                .map_err(|e| e.to_string())?;
+            let cfg = cm
+                .data
+                .unwrap_or_default()
+                .remove("haproxy.cfg")
+                .unwrap_or_default();
+            let draining: Vec<_> = cfg
+                .lines()
+                .filter(|l| l.trim_start().starts_with("server ") && l.ends_with(" weight 0"))
+                .collect();
+            let now = demo.env.ready_pod_ips().await;
+            match draining.as_slice() {
+                [one]
+                    if now.len() == 2
+                        && before
+                            .iter()
+                            .any(|ip| !now.contains(ip) && one.contains(&format!(" {ip}:"))) =>
+                {
+                    Ok(one.trim().to_owned())
+                }
+                _ => Err(format!("draining {draining:?}, ready {now:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        demo.env.status().await.ready_backends,
+        2,
+        "a draining server takes no new sessions"
+    );
+    println!("sticky pool, 3 -> 2: {line}");
+    // Once the pod stops serving and goes, it leaves the config.
+    demo.served(2).await;
+    let cfg = demo.env.config_addresses().await.expect("config");
+    assert_eq!(cfg, demo.env.ready_pod_ips().await);
+    patch_pool(r#"{"spec":{"stickySession":null}}"#);
+    demo.served(2).await;
+}
