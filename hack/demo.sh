@@ -38,8 +38,13 @@ for _ in $(seq 240); do
   [ "$(k get lbp webapp -n demo -o jsonpath='{.status.readyBackends}')" = 5 ] && break
   sleep 0.5
 done
-# The config is published; HAProxy rolls to it (rollout.minInterval 5 s).
-sleep 1
+# The config is published; the HAProxy Deployment is rolled for it once
+# rollout.minInterval (5 s) since the last rollout has passed.
+hash=$(k get lbp webapp -n demo -o jsonpath='{.status.configHash}')
+for _ in $(seq 240); do
+  [ "$(k get deployment haproxy -n demo -o jsonpath='{.spec.template.metadata.annotations.lbpool\.dev/config-hash}')" = "$hash" ] && break
+  sleep 0.5
+done
 k rollout status deployment/haproxy -n demo --timeout=240s
 
 step "7/7 what lbpool made of it"
