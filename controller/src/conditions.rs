@@ -27,6 +27,8 @@ pub mod reason {
     /// The HAProxy Deployment is rolled by another pool.
     pub const DEPLOYMENT_CONFLICT: &str = "DeploymentConflict";
     pub const SERVING: &str = "Serving";
+    /// The published config is not yet what every HAProxy pod runs.
+    pub const ROLLING_OUT: &str = "RollingOut";
     pub const NO_READY_BACKENDS: &str = "NoReadyBackends";
     pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";
     pub const CONFIG_INVALID: &str = "ConfigInvalid";

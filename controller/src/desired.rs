@@ -9,7 +9,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
-use lbpool_crds::{BackendStatus, LoadBalancerPool, LoadBalancerPoolStatus, MAX_STATUS_BACKENDS};
+use lbpool_crds::{
+    BackendStatus, HaproxyStatus, LoadBalancerPool, LoadBalancerPoolStatus, MAX_STATUS_BACKENDS,
+};
 use serde_json::json;
 
 use crate::conditions::{self, Desired, kind, reason};
@@ -158,6 +160,42 @@ pub fn deployed_hash(deployment: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// What the HAProxy Deployment serves, read from its spec and status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub status: HaproxyStatus,
+    /// The hash its pod template carries.
+    pub hash: Option<String>,
+    /// Its rollout of that template is complete: every pod runs it and is
+    /// ready, no pod of an older template is left.
+    pub complete: bool,
+}
+
+/// Reads [`Served`] off a Deployment (after this reconcile's patch, if any).
+pub fn served(deployment: &Deployment) -> Served {
+    let want = deployment.spec.replicas.unwrap_or(1);
+    let st = deployment.status.clone().unwrap_or_default();
+    let generation = deployment.metadata.generation.unwrap_or_default();
+    let (updated, ready) = (
+        st.updated_replicas.unwrap_or_default(),
+        st.ready_replicas.unwrap_or_default(),
+    );
+    let hash = deployed_hash(deployment).map(str::to_owned);
+    Served {
+        complete: st.observed_generation.unwrap_or_default() >= generation
+            && updated == want
+            && ready == want
+            && st.replicas.unwrap_or_default() == want,
+        status: HaproxyStatus {
+            revision: hash.as_deref().map(|h| revision(h).to_owned()),
+            replicas: want,
+            updated_replicas: updated,
+            ready_replicas: ready,
+        },
+        hash,
+    }
+}
+
 /// Whether the HAProxy Deployment is rolled in this reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rollout {
@@ -208,6 +246,7 @@ pub fn published_status(
     model: &Model,
     config: &RenderedConfig,
     deployment: &DeploymentState,
+    served: Option<&Served>,
     last_rollout: Option<Timestamp>,
     now: &Time,
 ) -> LoadBalancerPoolStatus {
@@ -239,12 +278,27 @@ pub fn published_status(
                 pool.spec.backend.service
             ),
         ),
-        _ => Desired::new(
-            kind::READY,
-            true,
-            reason::SERVING,
-            format!("{ready} ready backends"),
-        ),
+        // Ready means HAProxy serves this config, not that it was written.
+        _ => match served {
+            Some(sv) if sv.complete && sv.hash.as_deref() == Some(config.hash.as_str()) => {
+                Desired::new(
+                    kind::READY,
+                    true,
+                    reason::SERVING,
+                    format!(
+                        "{ready} ready backends; {} HAProxy pods serve config {}",
+                        sv.status.ready_replicas,
+                        config.revision()
+                    ),
+                )
+            }
+            _ => Desired::new(
+                kind::READY,
+                false,
+                reason::ROLLING_OUT,
+                rolling_out_message(deployment_name, config, served),
+            ),
+        },
     };
     let rollout_condition = match deployment {
         DeploymentState::Pending { wait } => Desired::new(
@@ -288,12 +342,38 @@ pub fn published_status(
         config_hash: Some(config.hash.clone()),
         config_revision: Some(revision(&config.hash).to_owned()),
         last_rollout_time,
+        haproxy: served.map(|s| s.status.clone()),
         conditions: conditions::merge(
             &previous.conditions,
             &desired,
             pool.metadata.generation,
             now,
         ),
+    }
+}
+
+fn rolling_out_message(
+    deployment: &str,
+    config: &RenderedConfig,
+    served: Option<&Served>,
+) -> String {
+    let Some(sv) = served else {
+        return format!("Deployment {deployment} is not known yet");
+    };
+    let running = sv.status.revision.as_deref().unwrap_or("none");
+    if sv.hash.as_deref() != Some(config.hash.as_str()) {
+        format!(
+            "config {} is published; Deployment {deployment} still runs config {running} until its rollout",
+            config.revision()
+        )
+    } else {
+        format!(
+            "Deployment {deployment} rolls out config {}: {}/{} pods updated, {} ready",
+            config.revision(),
+            sv.status.updated_replicas,
+            sv.status.replicas,
+            sv.status.ready_replicas
+        )
     }
 }
 
@@ -479,6 +559,83 @@ mod tests {
         );
     }
 
+    /// A Deployment of 2 pods whose rollout of `hash` is complete.
+    fn complete(hash: &str) -> Served {
+        let mut d = Deployment::default();
+        d.spec.replicas = Some(2);
+        d.metadata.generation = Some(4);
+        d.spec.template.metadata = Some(ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_owned(),
+                hash.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        });
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: Some(4),
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            ready_replicas: Some(2),
+            ..Default::default()
+        });
+        served(&d)
+    }
+
+    fn ready_of(s: &LoadBalancerPoolStatus) -> (String, String, String) {
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind::READY)
+            .expect("Ready");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn ready_means_every_haproxy_pod_serves_the_published_config() {
+        let p = pool();
+        let rendered = RenderedConfig {
+            text: "x".into(),
+            hash: "sha256:aaaaaaaaaaaa".into(),
+        };
+        let status = |state: &DeploymentState, served: &Served| {
+            published_status(
+                &p,
+                &model_with_servers(3),
+                &rendered,
+                state,
+                Some(served),
+                None,
+                &Time(ts(9)),
+            )
+        };
+        // Served: Ready, and the status says what runs.
+        let done = status(&DeploymentState::UpToDate, &complete(&rendered.hash));
+        assert_eq!(ready_of(&done).0, "True");
+        assert_eq!(
+            done.haproxy.as_ref().and_then(|h| h.revision.as_deref()),
+            Some("aaaaaaaaaa")
+        );
+
+        // Published but waiting for rollout.minInterval: the pods run the old one.
+        let old = complete("sha256:bbbbbbbbbbbb");
+        let (s, r, m) = ready_of(&status(
+            &DeploymentState::Pending {
+                wait: Duration::from_secs(3),
+            },
+            &old,
+        ));
+        assert_eq!((s.as_str(), r.as_str()), ("False", reason::ROLLING_OUT));
+        assert!(m.contains("still runs config bbbbbbbbbb"), "{m}");
+
+        // Rolled, the rolling update under way: 1 of 2 pods updated.
+        let mut rolling = complete(&rendered.hash);
+        rolling.complete = false;
+        rolling.status.updated_replicas = 1;
+        let (s, r, m) = ready_of(&status(&DeploymentState::Rolled { at: ts(9) }, &rolling));
+        assert_eq!((s.as_str(), r.as_str()), ("False", reason::ROLLING_OUT));
+        assert!(m.contains("1/2 pods updated"), "{m}");
+    }
+
     #[test]
     fn invalid_status_keeps_what_was_published() {
         let mut p = pool();
@@ -492,6 +649,7 @@ mod tests {
             &model_with_servers(3),
             &rendered,
             &DeploymentState::UpToDate,
+            Some(&complete(&rendered.hash)),
             None,
             &now,
         );
@@ -528,6 +686,7 @@ mod tests {
             &model_with_servers(MAX_STATUS_BACKENDS + 5),
             &rendered,
             &DeploymentState::UpToDate,
+            Some(&complete(&rendered.hash)),
             None,
             &Time(ts(0)),
         );

@@ -393,6 +393,9 @@ async fn publish(
         .and_then(|s| s.last_rollout_time.as_ref())
         .map(|t| t.0);
     let last_rollout = recorded.max(lock(&ctx.rollouts).get(&pool_key).copied());
+    // What HAProxy serves, for the status: the Deployment as read, or as the
+    // rollout patch returned it.
+    let mut served = deployment.as_ref().map(desired::served);
     let state = match deployment {
         None => DeploymentState::Missing,
         Some(d) => {
@@ -437,6 +440,7 @@ async fn publish(
                         ..patched.object_ref(&())
                     });
                     publish_event(ctx, pool, ev).await;
+                    served = Some(desired::served(&patched));
                     DeploymentState::Rolled { at: now }
                 }
             }
@@ -462,8 +466,15 @@ async fn publish(
         )
         .await;
     }
-    let status =
-        desired::published_status(pool, &p.model, &p.config, &state, last_rollout, &Time(now));
+    let status = desired::published_status(
+        pool,
+        &p.model,
+        &p.config,
+        &state,
+        served.as_ref(),
+        last_rollout,
+        &Time(now),
+    );
     write_status(pool, apis, status).await?;
     Ok(match state {
         // Wake up just after the interval ends; a little slack avoids waking early.

@@ -163,12 +163,14 @@ fn slices() -> Value {
                                      "targetRef": {"kind": "Pod", "name": "webapp-1"}}]}]})
 }
 
+/// The HAProxy Deployment, 2 pods, its rollout of `hash` complete.
 fn deployment(hash: Option<&str>) -> Value {
     let annotations = hash.map_or(json!({}), |h| json!({"lbpool.dev/config-hash": h}));
     json!({"apiVersion": "apps/v1", "kind": "Deployment",
-           "metadata": {"name": "haproxy", "namespace": "demo", "resourceVersion": "7"},
-           "spec": {"selector": {"matchLabels": {"app": "haproxy"}},
-                    "template": {"metadata": {"annotations": annotations}, "spec": {"containers": []}}}})
+           "metadata": {"name": "haproxy", "namespace": "demo", "resourceVersion": "7", "generation": 3},
+           "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "haproxy"}},
+                    "template": {"metadata": {"annotations": annotations}, "spec": {"containers": []}}},
+           "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}})
 }
 
 /// The hash the controller must compute for [`pool`], [`service`] and [`slices`].
@@ -289,6 +291,8 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
                         .as_str(),
                 );
                     d["metadata"]["resourceVersion"] = json!("8");
+                    // A new pod template: a new generation, not yet observed.
+                    d["metadata"]["generation"] = json!(4);
                     (StatusCode::OK, d)
                 }),
                 echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
@@ -310,6 +314,9 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
     assert_eq!(event["related"]["resourceVersion"], "8");
     let status = &sent[7].1;
     assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
+    // Written and rolled is not served: Ready waits for the rolling update.
+    assert_eq!(condition(status, "Ready")["reason"], "RollingOut");
+    assert_eq!(status["status"]["haproxy"]["replicas"], 2);
 }
 
 /// A Deployment claimed by pool `other`.

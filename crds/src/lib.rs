@@ -58,6 +58,12 @@ pub const GROUP: &str = "lbpool.dev";
         description = "short hash of the published haproxy.cfg"
     ),
     printcolumn(
+        name = "Served",
+        type_ = "string",
+        json_path = ".status.haproxy.revision",
+        description = "short hash of the config the HAProxy Deployment's pods are rolled for"
+    ),
+    printcolumn(
         name = "Last Rollout",
         type_ = "date",
         json_path = ".status.lastRolloutTime"
@@ -417,10 +423,34 @@ pub struct LoadBalancerPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollout_time: Option<Time>,
 
+    /// What the HAProxy Deployment serves: the published config may wait
+    /// for `rollout.minInterval` or for the rolling update. `Ready` is true
+    /// only once every HAProxy pod runs `configRevision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy: Option<HaproxyStatus>,
+
     /// `Ready`, `ConfigValid` and `RolloutPending`.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The HAProxy Deployment as the pool sees it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HaproxyStatus {
+    /// The first 10 hex digits of the config hash its pod template carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Pods it should run.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods of its current pod template (this revision).
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Ready pods, of any revision.
+    #[serde(default)]
+    pub ready_replicas: i32,
 }
 
 /// The most backends listed in `status.backends`; a bigger pool is counted but not listed,

@@ -44,6 +44,7 @@ async fn the_example_pool_is_accepted_and_defaults_are_filled_in() {
         "READY",
         "STATUS",
         "CONFIG",
+        "SERVED",
         "LAST ROLLOUT",
         "AGE",
     ] {
