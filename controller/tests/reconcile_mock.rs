@@ -319,6 +319,23 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
     assert_eq!(status["status"]["haproxy"]["replicas"], 2);
 }
 
+/// One Warning Event and `ConfigValid=False` with `reason`, saying `says`.
+fn assert_conflict(event: &Value, status: &Value, reason: &str, says: &str) {
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Warning"), &json!(reason))
+    );
+    let valid = condition(status, "ConfigValid");
+    assert_eq!(
+        (&valid["status"], &valid["reason"]),
+        (&json!("False"), &json!(reason))
+    );
+    assert!(
+        valid["message"].as_str().is_some_and(|m| m.contains(says)),
+        "{valid}"
+    );
+}
+
 /// A Deployment claimed by pool `other`.
 fn claimed_by_other() -> Value {
     let mut d = deployment(Some("sha256:others"));
@@ -356,14 +373,11 @@ async fn a_deployment_another_pool_rolls_is_left_alone_and_reported() {
     )
     .await;
     // Nothing written: no ConfigMap apply, no Deployment patch.
-    assert_eq!(sent[5].1["reason"], "DeploymentConflict");
-    let valid = condition(&sent[6].1, "ConfigValid");
-    assert_eq!(valid["reason"], "DeploymentConflict");
-    assert!(
-        valid["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("rolled by LoadBalancerPool other")),
-        "{valid}"
+    assert_conflict(
+        &sent[5].1,
+        &sent[6].1,
+        "DeploymentConflict",
+        "rolled by LoadBalancerPool other",
     );
 }
 
@@ -415,17 +429,11 @@ async fn a_config_map_that_is_not_the_pools_is_left_alone_and_reported() {
     )
     .await;
     // No PATCH of the ConfigMap, no Deployment read: the script says so.
-    let event = &status[3].1;
-    assert_eq!(event["reason"], "ConfigMapConflict");
-    assert_eq!(event["type"], "Warning");
-    let valid = condition(&status[4].1, "ConfigValid");
-    assert_eq!(valid["status"], "False");
-    assert_eq!(valid["reason"], "ConfigMapConflict");
-    assert!(
-        valid["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("not created by lbpool")),
-        "{valid}"
+    assert_conflict(
+        &status[3].1,
+        &status[4].1,
+        "ConfigMapConflict",
+        "not created by lbpool",
     );
 }
 

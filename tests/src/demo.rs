@@ -41,18 +41,23 @@ impl Env {
         }
     }
 
-    /// Addresses of the `server` lines in the published haproxy.cfg.
-    pub async fn config_addresses(&self) -> Result<BTreeSet<String>, String> {
+    /// The published haproxy.cfg (ConfigMap `webapp-haproxy`).
+    pub async fn config_text(&self) -> Result<String, String> {
         let cm = self
             .config_maps
             .get("webapp-haproxy")
             .await
             .map_err(|e| e.to_string())?;
-        let cfg = cm
+        Ok(cm
             .data
             .unwrap_or_default()
             .remove("haproxy.cfg")
-            .unwrap_or_default();
+            .unwrap_or_default())
+    }
+
+    /// Addresses of the `server` lines in the published haproxy.cfg.
+    pub async fn config_addresses(&self) -> Result<BTreeSet<String>, String> {
+        let cfg = self.config_text().await?;
         Ok(cfg
             .lines()
             .filter_map(|l| l.trim().strip_prefix("server "))

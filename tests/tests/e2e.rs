@@ -286,17 +286,7 @@ async fn e2e_with_a_sticky_cookie_a_terminating_pod_drains_then_leaves() {
         "the terminating pod as a draining server",
         Duration::from_secs(60),
         || async {
-            let cm = demo
-                .env
-                .config_maps
-                .get("webapp-haproxy")
-                .await
-                .map_err(|e| e.to_string())?;
-            let cfg = cm
-                .data
-                .unwrap_or_default()
-                .remove("haproxy.cfg")
-                .unwrap_or_default();
+            let cfg = demo.env.config_text().await?;
             let draining: Vec<_> = cfg
                 .lines()
                 .filter(|l| l.trim_start().starts_with("server ") && l.ends_with(" weight 0"))

@@ -35,24 +35,34 @@ async fn scaling_the_webapp_keeps_haproxy_in_step() {
     // Ready (STATUS Serving) once the HAProxy pods run the new config;
     // SERVED names the revision they are rolled for.
     let revision = &five["sha256:".len()..][..10];
-    let table = eventually("kubectl get lbp to show the served config", WAIT, || async {
-        let table = kubectl(&["get", "lbp", "webapp", "-n", &n]).map_err(|e| e.to_string())?;
-        let row: Vec<String> = table
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let want = ["webapp", "5", "Serving", revision, revision];
-        if row.get(1..6).is_some_and(|r| r.iter().zip(want).all(|(a, b)| a == b)) {
-            Ok(table)
-        } else {
-            Err(table)
-        }
-    })
+    let table = eventually(
+        "kubectl get lbp to show the served config",
+        WAIT,
+        || async {
+            let table = kubectl(&["get", "lbp", "webapp", "-n", &n]).map_err(|e| e.to_string())?;
+            let row: Vec<String> = table
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            let want = ["webapp", "5", "Serving", revision, revision];
+            if row
+                .get(1..6)
+                .is_some_and(|r| r.iter().zip(want).all(|(a, b)| a == b))
+            {
+                Ok(table)
+            } else {
+                Err(table)
+            }
+        },
+    )
     .await;
-    assert!(table.lines().next().unwrap_or_default().contains("SERVED"), "{table}");
+    assert!(
+        table.lines().next().unwrap_or_default().contains("SERVED"),
+        "{table}"
+    );
 
     scale(&n, 2);
     env.converged(2).await;
