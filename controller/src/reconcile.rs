@@ -78,9 +78,7 @@ impl Context {
             reported: Mutex::default(),
         }
     }
-}
 
-impl Context {
     /// Drops what this process remembers of a pool that is gone (`ns/name`),
     /// so memory follows the number of pools, not how many ever existed.
     pub fn forget(&self, pool_key: &str) {
@@ -90,8 +88,9 @@ impl Context {
         lock(&self.reported).remove(pool_key);
     }
 
-    /// How many pools this process remembers something of (for tests).
-    pub fn remembered(&self) -> usize {
+    /// How many pools this process remembers something of.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
         let mut keys: std::collections::HashSet<String> =
             lock(&self.validated).keys().cloned().collect();
         keys.extend(lock(&self.failures).keys().cloned());
@@ -120,11 +119,12 @@ impl std::fmt::Debug for Context {
 }
 
 fn key(pool: &LoadBalancerPool) -> String {
-    format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    )
+    pool_key(&pool.namespace().unwrap_or_default(), &pool.name_any())
+}
+
+/// How the per-pool memories name a pool: `namespace/name`.
+pub fn pool_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// Reconciles one pool; see the module docs.

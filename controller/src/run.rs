@@ -270,10 +270,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     // A reconcile queued for a pool deleted since: the usual end
                     // of a pool, not an error. Forget what was kept for it.
                     Err(E::ObjectNotFound(obj)) => {
-                        let key = format!(
-                            "{}/{}",
+                        let key = reconcile::pool_key(
                             obj.namespace.as_deref().unwrap_or_default(),
-                            obj.name
+                            &obj.name,
                         );
                         debug!(pool = %key, "pool deleted");
                         memory.forget(&key);
