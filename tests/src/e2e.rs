@@ -195,13 +195,21 @@ impl Demo {
     }
 
     /// Whether the HAProxy Deployment's rollout of `hash` is complete: every
-    /// pod runs it and is ready, no old pod is left.
+    /// pod runs it and is ready, no old pod is left, not even a draining one.
     pub async fn haproxy_serves(&self, hash: &str) -> Result<(), String> {
         let d = self.haproxy().await;
         let want = d.spec.replicas.unwrap_or(1);
         let st = d.status.clone().unwrap_or_default();
         let generation = d.metadata.generation.unwrap_or_default();
-        let pods = self.pods("app.kubernetes.io/name=haproxy").await;
+        // Every HAProxy pod, also one still draining: until it is gone, a
+        // client may reach the previous config through it.
+        let pods = self
+            .env
+            .pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=haproxy"))
+            .await
+            .expect("list pods")
+            .items;
         let hashes: Vec<_> = pods
             .iter()
             .map(|p| {

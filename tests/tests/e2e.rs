@@ -146,17 +146,28 @@ async fn e2e_a_pod_failing_its_readiness_probe_leaves_the_config() {
     let _turn = serial().await;
     let demo = demo().await;
     demo.serve(3).await;
-    // Through HAProxy: whichever pod answers stops being ready.
-    let answer = http::request(
-        demo.frontend,
-        "POST",
-        "/fail-readiness",
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("POST /fail-readiness through the Service");
-    assert_eq!(answer.status, 200, "{answer:?}");
-    let victim = answer.webapp_host().expect("the pod names itself");
+    // Through HAProxy: whichever pod answers stops being ready. It must be
+    // one of the three (a pod scaled away by an earlier test may still be
+    // finishing its preStop; making it unready changes nothing).
+    let ready = demo.webapp_pod_names().await;
+    let mut victim = None;
+    for _ in 0..20 {
+        let answer = http::request(
+            demo.frontend,
+            "POST",
+            "/fail-readiness",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("POST /fail-readiness through the Service");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let host = answer.webapp_host().expect("the pod names itself");
+        if ready.contains(&host) {
+            victim = Some(host);
+            break;
+        }
+    }
+    let victim = victim.unwrap_or_else(|| panic!("no answer from the ready pods {ready:?}"));
     let ip = demo
         .pods("app.kubernetes.io/name=webapp")
         .await
