@@ -328,5 +328,19 @@ async fn e2e_with_a_sticky_cookie_a_terminating_pod_drains_then_leaves() {
     let cfg = demo.env.config_addresses().await.expect("config");
     assert_eq!(cfg, demo.env.ready_pod_ips().await);
     patch_pool(r#"{"spec":{"stickySession":null}}"#);
+    // The config without cookies first, or `served` could match the last one.
+    eventually(
+        "a config without the cookie",
+        Duration::from_secs(60),
+        || async {
+            let cfg = demo.env.config_text().await?;
+            if cfg.contains("cookie ") {
+                Err("still sticky".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     demo.served(2).await;
 }
