@@ -60,6 +60,33 @@ pub fn config_map(pool: &LoadBalancerPool, config: &RenderedConfig) -> ConfigMap
     }
 }
 
+/// Whether `existing` already holds what [`config_map`] would write: the
+/// same config and hash, the same labels. Then nothing is sent. (The owner
+/// was checked by [`config_map_claim`].)
+pub fn config_map_current(existing: &ConfigMap, desired: &ConfigMap) -> bool {
+    let within = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    existing.data == desired.data
+        && within(&desired.metadata.labels, &existing.metadata.labels)
+        && within(
+            &desired.metadata.annotations,
+            &existing.metadata.annotations,
+        )
+}
+
+/// The hash of the config a ConfigMap holds, from its annotation.
+pub fn published_hash(cm: &ConfigMap) -> Option<&str> {
+    cm.metadata
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// Whether the pool may write its ConfigMap, given what exists under that
 /// name (`None`: nothing, it will be created). lbpool writes only a ConfigMap
 /// it created for this pool, which carries the pool's controller
@@ -296,7 +323,7 @@ pub fn published_status(
                 kind::READY,
                 false,
                 reason::ROLLING_OUT,
-                rolling_out_message(deployment_name, config, served),
+                rolling_out_message(deployment_name, config, served, deployment),
             ),
         },
     };
@@ -324,6 +351,24 @@ pub fn published_status(
         ),
         rollout_condition,
     ];
+    let conditions = conditions::merge(
+        &previous.conditions,
+        &desired,
+        pool.metadata.generation,
+        now,
+    );
+    let haproxy = served.map(|s| s.status.clone());
+    if let DeploymentState::Pending { .. } = deployment {
+        // The new config waits, unpublished: the ConfigMap still holds the
+        // config the Deployment runs, and so does the status.
+        return LoadBalancerPoolStatus {
+            observed_generation: pool.metadata.generation,
+            last_rollout_time,
+            haproxy,
+            conditions,
+            ..previous
+        };
+    }
     LoadBalancerPoolStatus {
         observed_generation: pool.metadata.generation,
         backends: model
@@ -342,13 +387,8 @@ pub fn published_status(
         config_hash: Some(config.hash.clone()),
         config_revision: Some(revision(&config.hash).to_owned()),
         last_rollout_time,
-        haproxy: served.map(|s| s.status.clone()),
-        conditions: conditions::merge(
-            &previous.conditions,
-            &desired,
-            pool.metadata.generation,
-            now,
-        ),
+        haproxy,
+        conditions,
     }
 }
 
@@ -356,12 +396,18 @@ fn rolling_out_message(
     deployment: &str,
     config: &RenderedConfig,
     served: Option<&Served>,
+    state: &DeploymentState,
 ) -> String {
     let Some(sv) = served else {
         return format!("Deployment {deployment} is not known yet");
     };
     let running = sv.status.revision.as_deref().unwrap_or("none");
-    if sv.hash.as_deref() != Some(config.hash.as_str()) {
+    if let DeploymentState::Pending { .. } = state {
+        format!(
+            "config {} waits for rollout.minInterval; Deployment {deployment} and ConfigMap keep config {running} until then",
+            config.revision()
+        )
+    } else if sv.hash.as_deref() != Some(config.hash.as_str()) {
         format!(
             "config {} is published; Deployment {deployment} still runs config {running} until its rollout",
             config.revision()
@@ -541,6 +587,36 @@ mod tests {
     }
 
     #[test]
+    fn an_identical_config_map_is_not_written_again() {
+        let p = pool();
+        let config = RenderedConfig {
+            text: "global\n".into(),
+            hash: "sha256:aa".into(),
+        };
+        let want = config_map(&p, &config);
+        let mut have = want.clone();
+        // What the API server adds is not a difference.
+        have.metadata.resource_version = Some("42".into());
+        have.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("team".into(), "web".into());
+        assert!(config_map_current(&have, &want));
+        let mut edited = have.clone();
+        edited.data = Some(BTreeMap::from([(CONFIG_KEY.into(), "global\n#x\n".into())]));
+        assert!(
+            !config_map_current(&edited, &want),
+            "an edited config is restored"
+        );
+        let mut relabelled = have.clone();
+        relabelled.metadata.labels = None;
+        assert!(
+            !config_map_current(&relabelled, &want),
+            "lost labels are restored"
+        );
+    }
+
+    #[test]
     fn config_map_is_owned_by_the_pool_and_carries_the_hash() {
         let p = pool();
         let rendered = RenderedConfig {
@@ -625,7 +701,27 @@ mod tests {
             &old,
         ));
         assert_eq!((s.as_str(), r.as_str()), ("False", reason::ROLLING_OUT));
-        assert!(m.contains("still runs config bbbbbbbbbb"), "{m}");
+        assert!(m.contains("keep config bbbbbbbbbb until then"), "{m}");
+        // ...and so does the status: it describes what the ConfigMap holds.
+        let mut before = p.clone();
+        before.status = Some(done.clone());
+        let waiting = published_status(
+            &before,
+            &model_with_servers(5),
+            &RenderedConfig {
+                text: "y".into(),
+                hash: "sha256:cccccccccccc".into(),
+            },
+            &DeploymentState::Pending {
+                wait: Duration::from_secs(3),
+            },
+            Some(&complete(&rendered.hash)),
+            None,
+            &Time(ts(10)),
+        );
+        assert_eq!(waiting.config_hash, done.config_hash);
+        assert_eq!(waiting.ready_backends, 3);
+        assert_eq!(ready_of(&waiting).1, reason::ROLLING_OUT);
 
         // Rolled, the rolling update under way: 1 of 2 pods updated.
         let mut rolling = complete(&rendered.hash);

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod conditions;
 pub mod desired;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;

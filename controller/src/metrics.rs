@@ -1,11 +1,13 @@
-//! Prometheus metrics, served on the admin port at `/metrics`.
+//! Prometheus metrics, served on the admin port at `/metrics` (OpenMetrics
+//! text, through `prometheus-client`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -14,15 +16,55 @@ struct Outcome {
     result: &'static str,
 }
 
+/// What a reconcile that published did.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// Nothing differed: nothing written but, if it changed, the status.
+    Noop,
+    /// The ConfigMap was written (no rollout: the Deployment is up to date
+    /// or missing).
+    Published,
+    /// The ConfigMap and the Deployment's annotation: HAProxy rolls.
+    Rolled,
+}
+
+impl EncodeLabelValue for UpdateKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        encoder.write_str(match self {
+            UpdateKind::Noop => "noop",
+            UpdateKind::Published => "published",
+            UpdateKind::Rolled => "rolled",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Update {
+    kind: UpdateKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
 /// The controller's metrics. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     reconciles: Family<Outcome, Counter>,
     duration: Histogram,
+    updates: Family<Update, Counter>,
+    errors: Family<Reason, Counter>,
+    conflicts: Family<Reason, Counter>,
     /// Rollouts triggered (Deployment annotation patches).
     pub rollouts: Counter,
     /// Pools newly found invalid (a new reason or message).
     pub invalid: Counter,
+    /// Pools this process keeps something in memory for.
+    pub remembered_pools: Gauge,
+    /// 1 while this replica holds the leader Lease (or runs without election).
+    pub leader: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -31,8 +73,9 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("lbpool");
         let reconciles = Family::<Outcome, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        let rollouts = Counter::default();
-        let invalid = Counter::default();
+        let (updates, errors, conflicts) = Default::default();
+        let (rollouts, invalid) = Default::default();
+        let (remembered_pools, leader) = Default::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -40,30 +83,74 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register(
+            "updates",
+            "Reconciles that published, by what they wrote: noop, published (ConfigMap), rolled (ConfigMap and Deployment)",
+            Family::clone(&updates),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason (API status reason, or the controller's own)",
+            Family::clone(&errors),
+        );
+        registry.register(
+            "conflicts",
+            "Conflicts reported (another owner's ConfigMap or Deployment), by reason",
+            Family::clone(&conflicts),
+        );
+        registry.register(
             "rollouts",
             "HAProxy Deployment rollouts triggered",
-            rollouts.clone(),
+            Counter::clone(&rollouts),
         );
         registry.register(
             "invalid_pools",
             "Pools found invalid (new reason)",
-            invalid.clone(),
+            Counter::clone(&invalid),
+        );
+        registry.register(
+            "remembered_pools",
+            "Pools this process keeps state in memory for",
+            Gauge::clone(&remembered_pools),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the leader and reconciles",
+            Gauge::clone(&leader),
         );
         Self {
             reconciles,
             duration,
+            updates,
+            errors,
+            conflicts,
             rollouts,
             invalid,
+            remembered_pools,
+            leader,
             registry: Arc::new(registry),
         }
     }
 }
 
 impl Metrics {
-    pub fn observe_reconcile(&self, took: Duration, ok: bool) {
+    /// One reconcile: its time, and the reason it failed, if it did.
+    pub fn observe_reconcile(&self, took: Duration, error: Option<&'static str>) {
         self.duration.observe(took.as_secs_f64());
-        let result = if ok { "ok" } else { "error" };
+        let result = if error.is_some() { "error" } else { "ok" };
         self.reconciles.get_or_create(&Outcome { result }).inc();
+        if let Some(reason) = error {
+            self.errors.get_or_create(&Reason { reason }).inc();
+        }
+    }
+
+    /// One reconcile that published.
+    pub fn update(&self, kind: UpdateKind) {
+        self.updates.get_or_create(&Update { kind }).inc();
+    }
+
+    /// A conflict newly reported.
+    pub fn conflict(&self, reason: &'static str) {
+        self.conflicts.get_or_create(&Reason { reason }).inc();
     }
 
     /// The text exposition format.
@@ -82,13 +169,26 @@ mod tests {
     #[test]
     fn counts_show_in_the_exposition() {
         let m = Metrics::default();
-        m.observe_reconcile(Duration::from_millis(3), true);
+        m.observe_reconcile(Duration::from_millis(3), None);
+        m.observe_reconcile(Duration::from_millis(3), Some("Forbidden"));
+        m.update(UpdateKind::Noop);
+        m.update(UpdateKind::Rolled);
+        m.conflict("ConfigMapConflict");
         m.rollouts.inc();
+        m.remembered_pools.set(7);
         let text = m.encode();
-        assert!(
-            text.contains("lbpool_reconciles_total{result=\"ok\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("lbpool_rollouts_total 1"), "{text}");
+        for line in [
+            "lbpool_reconciles_total{result=\"ok\"} 1",
+            "lbpool_reconciles_total{result=\"error\"} 1",
+            "lbpool_reconcile_errors_total{reason=\"Forbidden\"} 1",
+            "lbpool_updates_total{kind=\"noop\"} 1",
+            "lbpool_updates_total{kind=\"rolled\"} 1",
+            "lbpool_conflicts_total{reason=\"ConfigMapConflict\"} 1",
+            "lbpool_rollouts_total 1",
+            "lbpool_remembered_pools 7",
+            "lbpool_leader 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

@@ -12,21 +12,23 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::conditions::reason;
 use crate::desired::{self, DeploymentState, MANAGER, Rollout};
 use crate::error::{Context as _, Error};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpdateKind};
 use crate::model::{self, InvalidPool, Model};
 use crate::render::{RenderedConfig, Renderer, Template};
 use crate::validate::{ValidationError, Validator};
@@ -57,6 +59,8 @@ pub struct Context {
     /// What this process last said about each pool, for the same reason: a
     /// stale cached status must not repeat an Event or a log line.
     reported: Mutex<HashMap<String, Report>>,
+    /// The namespaces (names and deletion marks only), when watched.
+    namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl Context {
@@ -76,7 +80,24 @@ impl Context {
             failures: Mutex::default(),
             rollouts: Mutex::default(),
             reported: Mutex::default(),
+            namespaces: None,
         }
+    }
+
+    /// Reads namespaces from this store: a pool in a namespace being
+    /// deleted is left alone.
+    #[must_use]
+    pub fn with_namespaces(mut self, store: Store<PartialObjectMeta<Namespace>>) -> Self {
+        self.namespaces = Some(store);
+        self
+    }
+
+    fn namespace_terminating(&self, ns: &str) -> bool {
+        self.namespaces.as_ref().is_some_and(|store| {
+            store
+                .get(&ObjectRef::new(ns))
+                .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+        })
     }
 
     /// Drops what this process remembers of a pool that is gone (`ns/name`),
@@ -86,17 +107,26 @@ impl Context {
         lock(&self.failures).remove(pool_key);
         lock(&self.rollouts).remove(pool_key);
         lock(&self.reported).remove(pool_key);
+        self.count_remembered();
     }
 
-    /// How many pools this process remembers something of.
-    #[cfg(test)]
+    /// How many pools this process remembers something of (the largest of
+    /// its per-pool maps; 0 when it remembers nothing).
     fn remembered(&self) -> usize {
-        let mut keys: std::collections::HashSet<String> =
-            lock(&self.validated).keys().cloned().collect();
-        keys.extend(lock(&self.failures).keys().cloned());
-        keys.extend(lock(&self.rollouts).keys().cloned());
-        keys.extend(lock(&self.reported).keys().cloned());
-        keys.len()
+        [
+            lock(&self.validated).len(),
+            lock(&self.failures).len(),
+            lock(&self.rollouts).len(),
+            lock(&self.reported).len(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default()
+    }
+
+    fn count_remembered(&self) {
+        let n = i64::try_from(self.remembered()).unwrap_or(i64::MAX);
+        self.metrics.remembered_pools.set(n);
     }
 }
 
@@ -130,12 +160,22 @@ pub fn pool_key(namespace: &str, name: &str) -> String {
 /// Reconciles one pool; see the module docs.
 pub async fn reconcile(pool: Arc<LoadBalancerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_pool(&pool, &ctx).await;
+    let result = match reconcile_pool(&pool, &ctx).await {
+        // The namespace went into deletion after this reconcile looked:
+        // the end of the pool, like its own deletion.
+        Err(e) if e.namespace_terminating() => {
+            debug!(pool = %key(&pool), "namespace is being deleted");
+            ctx.forget(&key(&pool));
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     ctx.metrics
-        .observe_reconcile(started.elapsed(), result.is_ok());
+        .observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::reason));
     if result.is_ok() {
         lock(&ctx.failures).remove(&key(&pool));
     }
+    ctx.count_remembered();
     result
 }
 
@@ -166,6 +206,24 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// `t` without its fraction of a second. The API server stores times in
+/// whole seconds; a time this process keeps must compare equal to the one
+/// it reads back, or every reconcile would see a status to write.
+fn whole_second_before(t: Timestamp) -> Timestamp {
+    let second = t.as_second() - i64::from(t.subsec_nanosecond() < 0);
+    Timestamp::from_second(second).unwrap_or(t)
+}
+
+/// The first whole second at or after `t`.
+fn whole_second_after(t: Timestamp) -> Timestamp {
+    let floor = whole_second_before(t);
+    if floor == t {
+        t
+    } else {
+        Timestamp::from_second(floor.as_second() + 1).unwrap_or(t)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -218,8 +276,10 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
     let ns = pool
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(pool.name_any()))?;
-    if pool.metadata.deletion_timestamp.is_some() {
+    if pool.metadata.deletion_timestamp.is_some() || ctx.namespace_terminating(&ns) {
         // The ConfigMap is garbage-collected through its ownerReference.
+        // Nothing is written into a namespace being deleted: its objects
+        // go away in any order, and a missing Service then is no news.
         ctx.forget(&key(pool));
         return Ok(Action::await_change());
     }
@@ -239,6 +299,8 @@ struct Prepared {
     model: Model,
     config: RenderedConfig,
     min_interval: Duration,
+    /// The pool's ConfigMap as it is, if it exists (this pool's).
+    config_map: Option<ConfigMap>,
     /// The HAProxy Deployment, if it exists (not claimed by another pool).
     deployment: Option<Deployment>,
 }
@@ -360,11 +422,18 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
         model,
         config,
         min_interval,
+        config_map: existing,
         deployment,
     })
 }
 
-/// Steps 5-7: ConfigMap, then the Deployment annotation, then status.
+/// Steps 5-7: the ConfigMap and the Deployment annotation together, then
+/// the status.
+///
+/// The ConfigMap always holds the config the Deployment's annotation names:
+/// a config that waits for `rollout.minInterval` is not written until its
+/// rollout, so an HAProxy pod that restarts meanwhile loads the config its
+/// ReplicaSet was rolled for. Nothing is sent when nothing differs.
 async fn publish(
     pool: &LoadBalancerPool,
     ctx: &Context,
@@ -372,20 +441,12 @@ async fn publish(
     p: Prepared,
 ) -> Result<Action, Error> {
     let ns = &apis.ns;
-    let cm_name = pool.config_map_name();
     let apply = PatchParams::apply(MANAGER).force();
-    apis.config_maps
-        .patch(
-            &cm_name,
-            &apply,
-            &Patch::Apply(desired::config_map(pool, &p.config)),
-        )
-        .await
-        .during(|| format!("apply ConfigMap {ns}/{cm_name}"))?;
-
     let now = Timestamp::now();
+    // The time a rollout is recorded with, at the precision the API stores
+    // (rounded up: the rate limit may wait a little longer, never less).
+    let rolled_at = whole_second_after(now);
     let deployment_name = &pool.spec.haproxy.deployment;
-    let deployment = &p.deployment;
     let pool_key = key(pool);
     let recorded = pool
         .status
@@ -393,59 +454,78 @@ async fn publish(
         .and_then(|s| s.last_rollout_time.as_ref())
         .map(|t| t.0);
     let last_rollout = recorded.max(lock(&ctx.rollouts).get(&pool_key).copied());
+    let decision = p.deployment.as_ref().map(|d| {
+        desired::decide_rollout(
+            desired::deployed_hash(d),
+            &p.config.hash,
+            last_rollout,
+            now,
+            p.min_interval,
+        )
+    });
+    let wanted = desired::config_map(pool, &p.config);
+    let write_config_map = match (&p.config_map, decision) {
+        (None, _) => true,
+        // Rate-limited: the ConfigMap keeps the config the pods run.
+        (Some(_), Some(Rollout::Wait(_))) => false,
+        (Some(existing), _) => !desired::config_map_current(existing, &wanted),
+    };
+    if write_config_map {
+        let cm_name = pool.config_map_name();
+        apis.config_maps
+            .patch(&cm_name, &apply, &Patch::Apply(wanted))
+            .await
+            .during(|| format!("apply ConfigMap {ns}/{cm_name}"))?;
+    }
+
     // What HAProxy serves, for the status: the Deployment as read, or as the
     // rollout patch returned it.
-    let mut served = deployment.as_ref().map(desired::served);
-    let state = match deployment {
-        None => DeploymentState::Missing,
-        Some(d) => {
+    let mut served = p.deployment.as_ref().map(desired::served);
+    let state = match (&p.deployment, decision) {
+        (Some(_), Some(Rollout::UpToDate)) => DeploymentState::UpToDate,
+        (Some(_), Some(Rollout::Wait(wait))) => DeploymentState::Pending { wait },
+        (Some(d), Some(Rollout::Now)) => {
             let deployed = desired::deployed_hash(d).map(str::to_owned);
-            match desired::decide_rollout(
-                deployed.as_deref(),
-                &p.config.hash,
-                last_rollout,
-                now,
-                p.min_interval,
-            ) {
-                Rollout::UpToDate => DeploymentState::UpToDate,
-                Rollout::Wait(wait) => DeploymentState::Pending { wait },
-                Rollout::Now => {
-                    let patched = apis
-                        .deployments
-                        .patch(
-                            deployment_name,
-                            &apply,
-                            &Patch::Apply(desired::deployment_patch(
-                                deployment_name,
-                                &pool.name_any(),
-                                &p.config.hash,
-                            )),
-                        )
-                        .await
-                        .during(|| format!("patch Deployment {ns}/{deployment_name}"))?;
-                    lock(&ctx.rollouts).insert(pool_key.clone(), now);
-                    ctx.metrics.rollouts.inc();
-                    info!(pool = %pool_key, deployment = %deployment_name, config = p.config.revision(), backends = p.model.servers.len(), "rolling HAProxy for a new config");
-                    let note = format!(
-                        "Deployment {deployment_name} rolls for config {} ({} backends, was {})",
-                        p.config.revision(),
-                        p.model.servers.len(),
-                        deployed.as_deref().map_or("none", crate::render::revision)
-                    );
-                    // The Deployment at its new version is the related object, so
-                    // each rollout is an Event of its own, not a repeat in a series.
-                    let mut ev = event(EventType::Normal, "RolloutTriggered", "Rollout", note);
-                    ev.secondary = Some(ObjectReference {
-                        resource_version: patched.resource_version(),
-                        ..patched.object_ref(&())
-                    });
-                    publish_event(ctx, pool, ev).await;
-                    served = Some(desired::served(&patched));
-                    DeploymentState::Rolled { at: now }
-                }
-            }
+            let patched = apis
+                .deployments
+                .patch(
+                    deployment_name,
+                    &apply,
+                    &Patch::Apply(desired::deployment_patch(
+                        deployment_name,
+                        &pool.name_any(),
+                        &p.config.hash,
+                    )),
+                )
+                .await
+                .during(|| format!("patch Deployment {ns}/{deployment_name}"))?;
+            lock(&ctx.rollouts).insert(pool_key.clone(), rolled_at);
+            ctx.metrics.rollouts.inc();
+            info!(pool = %pool_key, deployment = %deployment_name, config = p.config.revision(), backends = p.model.servers.len(), "rolling HAProxy for a new config");
+            let note = format!(
+                "Deployment {deployment_name} rolls for config {} ({} backends, was {})",
+                p.config.revision(),
+                p.model.servers.len(),
+                deployed.as_deref().map_or("none", crate::render::revision)
+            );
+            // The Deployment at its new version is the related object, so
+            // each rollout is an Event of its own, not a repeat in a series.
+            let mut ev = event(EventType::Normal, "RolloutTriggered", "Rollout", note);
+            ev.secondary = Some(ObjectReference {
+                resource_version: patched.resource_version(),
+                ..patched.object_ref(&())
+            });
+            publish_event(ctx, pool, ev).await;
+            served = Some(desired::served(&patched));
+            DeploymentState::Rolled { at: rolled_at }
         }
+        _ => DeploymentState::Missing,
     };
+    ctx.metrics.update(match (&state, write_config_map) {
+        (DeploymentState::Rolled { .. }, _) => UpdateKind::Rolled,
+        (_, true) => UpdateKind::Published,
+        (_, false) => UpdateKind::Noop,
+    });
 
     let before = lock(&ctx.reported).insert(pool_key.clone(), Report::Valid);
     let was_invalid = match before {
@@ -473,9 +553,18 @@ async fn publish(
         &state,
         served.as_ref(),
         last_rollout,
-        &Time(now),
+        &Time(whole_second_before(now)),
     );
-    write_status(pool, apis, status).await?;
+    // While the new config waits, the status repeats what the ConfigMap
+    // holds: taken from a cached pool that is behind the ConfigMap, it would
+    // say something older. The fresh pool's watch event comes soon.
+    let cached_is_behind = matches!(state, DeploymentState::Pending { .. })
+        && (write_config_map
+            || p.config_map.as_ref().and_then(desired::published_hash)
+                != pool.status.as_ref().and_then(|s| s.config_hash.as_deref()));
+    if !cached_is_behind {
+        write_status(pool, apis, status).await?;
+    }
     Ok(match state {
         // Wake up just after the interval ends; a little slack avoids waking early.
         DeploymentState::Pending { wait } => Action::requeue(wait + Duration::from_millis(50)),
@@ -503,6 +592,12 @@ async fn report_invalid(
     if !already_said {
         warn!(pool = %key(pool), reason = invalid.reason, message = %invalid.message, "pool cannot be served; the last good config stays");
         ctx.metrics.invalid.inc();
+        if matches!(
+            invalid.reason,
+            reason::CONFIG_MAP_CONFLICT | reason::DEPLOYMENT_CONFLICT
+        ) {
+            ctx.metrics.conflict(invalid.reason);
+        }
         let ev = event(
             EventType::Warning,
             invalid.reason,
@@ -511,7 +606,8 @@ async fn report_invalid(
         );
         publish_event(ctx, pool, ev).await;
     }
-    let status = desired::invalid_status(pool, invalid, &Time(Timestamp::now()));
+    let status =
+        desired::invalid_status(pool, invalid, &Time(whole_second_before(Timestamp::now())));
     write_status(pool, apis, status).await
 }
 
@@ -558,8 +654,12 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
 
 /// Events are best effort: a failure to record one is logged, not retried.
 async fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
-    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
-        warn!(pool = %key(pool), error = %e, "could not record an Event");
+    match ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+        Ok(()) => {}
+        Err(e) if crate::error::namespace_terminating(&e) => {
+            debug!(pool = %key(pool), "no Event: the namespace is being deleted");
+        }
+        Err(e) => warn!(pool = %key(pool), error = %e, "could not record an Event"),
     }
 }
 
@@ -614,6 +714,21 @@ mod tests {
         assert_eq!(ctx.remembered(), 1, "only demo/other is left");
         ctx.forget("demo/other");
         assert_eq!(ctx.remembered(), 0);
+    }
+
+    #[test]
+    fn times_are_kept_at_the_precision_the_api_stores() {
+        let t = Timestamp::from_second(1_700_000_000).unwrap();
+        let later = t + jiff::SignedDuration::from_millis(250);
+        assert_eq!(whole_second_before(later), t);
+        assert_eq!(
+            whole_second_after(later),
+            Timestamp::from_second(1_700_000_001).unwrap()
+        );
+        assert_eq!(whole_second_after(t), t);
+        // Negative seconds (before 1970) floor the same way.
+        let early = Timestamp::from_second(-5).unwrap() - jiff::SignedDuration::from_millis(1);
+        assert_eq!(whole_second_before(early).as_second(), -6);
     }
 
     #[test]

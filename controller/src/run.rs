@@ -11,20 +11,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use lbpool_crds::LoadBalancerPool;
 use tracing::{debug, error, info};
 
-use crate::admin::{self, Health};
+use crate::admin::{self, Health, Role};
 use crate::desired::MANAGER;
+use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, SERVICE_NAME_LABEL};
 use crate::validate::HaproxyValidator;
@@ -49,9 +53,29 @@ pub struct Args {
     #[arg(long, env = "LBPOOL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Name of this instance in Events (the pod name in a cluster).
+    /// Name of this instance in Events and in the leader Lease (the pod
+    /// name in a cluster; host name and process id when absent).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+
+    /// Run as one of several replicas: only the holder of the leader Lease
+    /// reconciles.
+    #[arg(long, env = "LBPOOL_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "LBPOOL_LEASE_NAME", default_value = "lbpool-controller")]
+    pub lease_name: String,
+
+    /// Namespace of the leader Lease (the controller's own namespace in a
+    /// cluster; the client's default namespace when absent).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Seconds a Lease holds after its last renewal: how long a successor
+    /// waits at most after its leader died. Renewed every third of it.
+    #[arg(long, env = "LBPOOL_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub lease_duration_seconds: u64,
 }
 
 /// How log lines are written.
@@ -168,7 +192,43 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Runs the controller until SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A name for this process in the election when it has no pod name.
+fn fallback_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "lbpool".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// How the controller run ended.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// Another replica holds the Lease now.
+    Deposed,
+}
+
+/// Runs the controller until SIGTERM or SIGINT. With leader election, waits
+/// for the Lease first, and exits with an error if it loses it.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let validator = HaproxyValidator::new(&args.haproxy_bin);
@@ -184,19 +244,126 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("no Kubernetes client configuration")?;
     let metrics = Metrics::default();
-    let health = Health::default();
+    let health = Health::new(metrics.clone());
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(admin::serve(
+        args.admin_addr,
+        health.clone(),
+        metrics.clone(),
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let identity = args.instance.clone().unwrap_or_else(fallback_identity);
+    let signal = termination().shared();
+
+    let mut candidate = None;
+    if args.leader_election {
+        let config = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+        };
+        let mut c = Candidate::join(client.clone(), &config).await?;
+        health.set(Role::Standby);
+        info!(lease = %format!("{}/{}", config.namespace, config.name), identity = c.identity(), "standby: waiting for the leader Lease");
+        tokio::select! {
+            elected = c.elected() => elected?,
+            () = signal.clone() => {
+                info!("shutting down before leading");
+                c.resign().await;
+                return stop_admin_server(stop_admin, admin).await;
+            }
+        }
+        info!(identity = c.identity(), "elected leader");
+        candidate = Some(c);
+    }
+    health.set(Role::Syncing);
+
+    let deposed = {
+        let candidate = candidate.as_mut();
+        async move {
+            match candidate {
+                Some(c) => c.deposed().await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let stop = tokio::select! {
+        () = controller(&args, client, metrics, health, identity) => Stop::Signal,
+        () = signal.clone() => Stop::Signal,
+        () = deposed => Stop::Deposed,
+    };
+    if let Some(c) = candidate {
+        c.resign().await;
+    }
+    match stop {
+        Stop::Signal => {
+            info!("shutting down");
+            stop_admin_server(stop_admin, admin).await
+        }
+        Stop::Deposed => {
+            let _ = stop_admin_server(stop_admin, admin).await;
+            anyhow::bail!("lost the leader Lease; exiting to rejoin the election with fresh caches")
+        }
+    }
+}
+
+async fn stop_admin_server(
+    stop: tokio::sync::oneshot::Sender<()>,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    let _ = stop.send(());
+    match admin.await {
+        Ok(result) => result.context("admin server"),
+        Err(e) => Err(e).context("admin server task"),
+    }
+}
+
+/// The watches and the reconciles; runs until its future is dropped.
+async fn controller(
+    args: &Args,
+    client: Client,
+    metrics: Metrics,
+    health: Health,
+    identity: String,
+) {
     let reporter = Reporter {
         controller: MANAGER.into(),
-        instance: args.instance.clone(),
+        instance: Some(identity),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Box::new(validator),
-        Recorder::new(client.clone(), reporter),
-        metrics.clone(),
-    ));
-
     let ns = args.namespace.as_deref();
+    // Namespaces: only names and deletion marks, to leave alone the pools of
+    // a namespace being deleted.
+    let (namespaces, namespace_writer) = reflector::store();
+    let namespace_config = match ns {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let namespace_watch = reflector(
+        namespace_writer,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            namespace_config,
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| std::future::ready(()));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Box::new(HaproxyValidator::new(&args.haproxy_bin)),
+            Recorder::new(client.clone(), reporter),
+            metrics,
+        )
+        .with_namespaces(namespaces),
+    );
+
     let controller = Controller::new(
         api::<LoadBalancerPool>(&client, ns),
         watcher::Config::default(),
@@ -225,20 +392,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             watcher::Config::default(),
             move |cm| pools_for_template(&template_store, &cm),
         )
-        .trigger_backoff(WatchBackoff::default())
-        .shutdown_on_signal();
+        .trigger_backoff(WatchBackoff::default());
 
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(admin::serve(
-        args.admin_addr,
-        health.clone(),
-        metrics,
-        async {
-            let _ = admin_stopped.await;
-        },
-    ));
     let ready_store = store.clone();
-    tokio::spawn(async move {
+    let synced = async move {
         // kube-runtime's store readiness wakes only its last waiter, and the
         // controller itself waits on this store; so look again every 250 ms
         // instead of relying on a wake-up.
@@ -248,18 +405,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             match wait.await {
                 Ok(Ok(())) => {
                     info!("pool cache synced; ready");
-                    health.set_ready();
+                    health.set(Role::Leading);
                     return;
                 }
                 Ok(Err(_)) => return,
                 Err(_) => continue,
             }
         }
-    });
+    };
 
     info!(namespace = ns.unwrap_or("<all>"), admin = %args.admin_addr, "lbpool-controller started");
     let memory = ctx.clone();
-    controller
+    let reconciles = controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| {
             let memory = memory.clone();
@@ -282,16 +439,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     Err(e) => error!(error = %e, "controller stream error"),
                 }
             }
-        })
-        .await;
-
-    info!("shutting down");
-    let _ = stop_admin.send(());
-    match admin.await {
-        Ok(result) => result.context("admin server")?,
-        Err(e) => return Err(e).context("admin server task"),
-    }
-    Ok(())
+        });
+    tokio::join!(reconciles, namespace_watch, synced);
 }
 
 #[cfg(test)]

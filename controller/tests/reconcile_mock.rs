@@ -173,8 +173,8 @@ fn deployment(hash: Option<&str>) -> Value {
            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}})
 }
 
-/// The hash the controller must compute for [`pool`], [`service`] and [`slices`].
-fn expected_hash() -> String {
+/// The config the controller must render for [`pool`], [`service`] and [`slices`].
+fn expected_config() -> lbpool_controller::render::RenderedConfig {
     let svc: Service = serde_json::from_value(service()).expect("service");
     let list: Vec<EndpointSlice> =
         serde_json::from_value(slices()["items"].clone()).expect("slices");
@@ -184,7 +184,10 @@ fn expected_hash() -> String {
     Renderer::new()
         .render(Template::BuiltIn, &m)
         .expect("render")
-        .hash
+}
+
+fn expected_hash() -> String {
+    expected_config().hash
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
@@ -493,4 +496,79 @@ async fn a_config_haproxy_rejects_is_not_published() {
             .contains("unknown keyword 'bogus'"),
         "{valid}"
     );
+}
+
+/// The pool's own ConfigMap, holding the config of `hash`.
+fn own_config_map(hash: &str, text: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "webapp-haproxy", "namespace": "demo",
+                        "labels": {"app.kubernetes.io/managed-by": "lbpool-controller", "lbpool.dev/pool": "webapp"},
+                        "annotations": {"lbpool.dev/config-hash": hash},
+                        "ownerReferences": [{"apiVersion": "lbpool.dev/v1alpha1", "kind": "LoadBalancerPool",
+                                             "name": "webapp", "uid": "00000000-0000-0000-0000-000000000001",
+                                             "controller": true}]},
+           "data": {"haproxy.cfg": text}})
+}
+
+/// The reads of a pool whose ConfigMap exists (`config_map`) and whose
+/// Deployment runs `deployed`.
+fn reads(config_map: Value, deployed: &str) -> Vec<Expect> {
+    let (svc, eps, cm) = read_path();
+    let d = deployment(Some(deployed));
+    vec![
+        expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
+        expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
+        expect(Method::GET, &cm, move |_| {
+            (StatusCode::OK, config_map.clone())
+        }),
+        expect(Method::GET, &deployment_path(), move |_| {
+            (StatusCode::OK, d.clone())
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn a_config_that_waits_for_its_rollout_is_not_written_yet() {
+    // Rolled a moment ago for the old config, which the ConfigMap holds.
+    let mut p = pool();
+    let published: lbpool_crds::LoadBalancerPoolStatus = serde_json::from_value(json!({
+        "configHash": "sha256:old", "configRevision": "old", "readyBackends": 4,
+        "lastRolloutTime": jiff::Timestamp::now().to_string(),
+    }))
+    .expect("status");
+    p.status = Some(published);
+    let mut script = reads(own_config_map("sha256:old", "old config\n"), "sha256:old");
+    script.push(status_apply());
+    let sent = run(p, FakeValidator(None), script).await;
+    // No ConfigMap apply, no Deployment patch: the script has none.
+    let status = &sent[4].1["status"];
+    assert_eq!(status["configHash"], "sha256:old", "{status}");
+    assert_eq!(status["readyBackends"], 4, "still what HAProxy serves");
+    let pending = condition(&sent[4].1, "RolloutPending");
+    assert_eq!(pending["status"], "True");
+    assert_eq!(condition(&sent[4].1, "Ready")["reason"], "RollingOut");
+}
+
+#[tokio::test]
+async fn nothing_is_written_when_nothing_differs() {
+    let (hash, text) = {
+        let c = expected_config();
+        (c.hash, c.text)
+    };
+    // First look: the status is written once...
+    let mut script = reads(own_config_map(&hash, &text), &hash);
+    script.push(status_apply());
+    let sent = run(pool(), FakeValidator(None), script).await;
+    let status = sent[4].1["status"].clone();
+    assert_eq!(condition(&sent[4].1, "Ready")["status"], "True");
+    // ...and with that status in place, a second reconcile only reads.
+    let mut p = pool();
+    p.status = Some(serde_json::from_value(status).expect("status"));
+    let sent = run(
+        p,
+        FakeValidator(None),
+        reads(own_config_map(&hash, &text), &hash),
+    )
+    .await;
+    assert_eq!(sent.len(), 4, "4 reads, no write");
 }
