@@ -7,7 +7,8 @@
 # and, for the real node (containerd, kubelet and kube-proxy are built from
 # their Go modules by hack/build-binaries.sh):
 #   runc, containernetworking-plugins (bridge, host-local, loopback, portmap),
-#   iptables and conntrack (kube-proxy), mmdebstrap (image root filesystems).
+#   iptables and conntrack (kube-proxy), mmdebstrap (image root filesystems);
+#   gcc and make (jemalloc, the controller's allocator, and the pause image).
 set -euo pipefail
 
 say() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -26,6 +27,8 @@ need mmdebstrap mmdebstrap
 # mmdebstrap unpacks the image root filesystems without root privileges of
 # its own only with these; as root it needs neither, but they are small.
 need gcc gcc
+# jemalloc, the controller's allocator, is compiled from C by its crate.
+need make make
 
 for tool in go cargo; do
   command -v "$tool" >/dev/null || { say "ERROR: $tool is not installed (Go >= 1.26 and Rust are needed)"; exit 1; }

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
@@ -46,7 +46,8 @@ pub struct Context {
     pub client: Client,
     pub renderer: Renderer,
     pub validator: Box<dyn Validator>,
-    pub recorder: Recorder,
+    /// Who the Events come from.
+    pub reporter: Reporter,
     pub metrics: Metrics,
     /// Last hash `haproxy -c` accepted, per pool: an unchanged config is not checked again.
     validated: Mutex<HashMap<String, String>>,
@@ -67,14 +68,14 @@ impl Context {
     pub fn new(
         client: Client,
         validator: Box<dyn Validator>,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Metrics,
     ) -> Self {
         Self {
             client,
             renderer: Renderer::new(),
             validator,
-            recorder,
+            reporter,
             metrics,
             validated: Mutex::default(),
             failures: Mutex::default(),
@@ -654,7 +655,12 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
 
 /// Events are best effort: a failure to record one is logged, not retried.
 async fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
-    match ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+    // A recorder per Event: kube's keeps every Event it sent for 6 minutes
+    // to count repeats, and lbpool says each thing once (a new reason, a
+    // rollout of a new Deployment version), so there is nothing to count,
+    // and memory must not hold the Events of pools long deleted.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    match recorder.publish(&ev, &pool.object_ref(&())).await {
         Ok(()) => {}
         Err(e) if crate::error::namespace_terminating(&e) => {
             debug!(pool = %key(pool), "no Event: the namespace is being deleted");
@@ -692,9 +698,9 @@ mod tests {
             instance: None,
         };
         let ctx = Arc::new(Context::new(
-            client.clone(),
+            client,
             Box::new(NoValidator),
-            Recorder::new(client, reporter),
+            reporter,
             Metrics::default(),
         ));
         for other in ["demo/webapp", "demo/other"] {

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -358,7 +358,7 @@ async fn controller(
         Context::new(
             client.clone(),
             Box::new(HaproxyValidator::new(&args.haproxy_bin)),
-            Recorder::new(client.clone(), reporter),
+            reporter,
             metrics,
         )
         .with_namespaces(namespaces),

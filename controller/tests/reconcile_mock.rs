@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use lbpool_controller::metrics::Metrics;
 use lbpool_controller::model;
 use lbpool_controller::reconcile::{Context, reconcile};
@@ -122,9 +122,9 @@ async fn run(
         instance: None,
     };
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        client,
         Box::new(validator),
-        Recorder::new(client, reporter),
+        reporter,
         Metrics::default(),
     ));
     reconcile(Arc::new(pool), ctx)

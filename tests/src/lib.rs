@@ -290,12 +290,19 @@ impl ControllerProcess {
         if Self::in_cluster() {
             return Self::InCluster;
         }
+        Self::local(namespace, dir, &["--admin-addr", "127.0.0.1:0"])
+    }
+
+    /// A local process watching `namespace`, with more arguments (they
+    /// include `--admin-addr`).
+    pub fn local(namespace: &str, dir: &Path, args: &[&str]) -> Self {
         let bin = required_env("LBPOOL_CONTROLLER_BIN", "the lbpool-controller binary");
         let kubeconfig = controller_kubeconfig(dir);
         let log = dir.join(format!("controller-{}.log", random() & 0xffff));
         let out = std::fs::File::create(&log).expect("controller log");
         let child = Command::new(&bin)
-            .args(["--namespace", namespace, "--admin-addr", "127.0.0.1:0"])
+            .args(["--namespace", namespace])
+            .args(args)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .env("NO_COLOR", "1")
@@ -304,6 +311,14 @@ impl ControllerProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
         Self::Local { child, log }
+    }
+
+    /// The local process's id.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Local { child, .. } => Some(child.id()),
+            Self::InCluster => None,
+        }
     }
 
     /// Whether the tests drive the controller deployed in the cluster.
@@ -375,4 +390,33 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = base.join(name);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// A loopback address with a port free at the time of the call.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("address")
+}
+
+/// `GET http://{addr}{path}`: the status code and body, or why not.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let r = http::get(addr, path, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((r.status, r.body))
+}
+
+/// The value of an unlabelled sample (e.g. `lbpool_remembered_pools`) or a
+/// labelled one (`lbpool_updates_total{kind="rolled"}`) in a metrics text;
+/// 0 when the series is absent (a counter never incremented).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }

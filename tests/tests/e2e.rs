@@ -234,32 +234,61 @@ async fn e2e_a_request_held_open_across_a_rollout() {
     assert!(r.took >= Duration::from_secs(20), "{r:?}");
 }
 
+/// The pod holding the controller's leader Lease.
+fn lease_holder() -> Result<String, String> {
+    let holder = kubectl(&[
+        "get",
+        "lease",
+        "lbpool-controller",
+        "-n",
+        "lbpool-system",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+    .map_err(|e| e.to_string())?;
+    let holder = holder.trim().to_owned();
+    if holder.is_empty() {
+        Err("the Lease has no holder".into())
+    } else {
+        Ok(holder)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_a_controller_pod_deleted_mid_burst_is_replaced_without_an_extra_rollout() {
+async fn e2e_the_leader_pod_deleted_mid_burst_is_replaced_by_the_standby_without_an_extra_rollout()
+{
     let _turn = serial().await;
     let demo = demo().await;
     demo.serve(2).await;
+    let leader = eventually("a leader", Duration::from_secs(60), || async {
+        lease_holder()
+    })
+    .await;
     let before = demo.haproxy_generation().await;
     demo.env.set_replicas(6).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     kubectl(&[
         "delete",
         "pod",
+        &leader,
         "-n",
         "lbpool-system",
-        "-l",
-        "app.kubernetes.io/name=lbpool-controller",
         "--grace-period=0",
         "--force",
     ])
-    .expect("delete the controller pod");
+    .expect("delete the leader's pod");
+    let killed = Instant::now();
     let hash = demo.served(6).await;
+    let took = killed.elapsed();
     let after = demo.haproxy_generation().await;
+    let successor = lease_holder().expect("a new leader");
+    assert_ne!(successor, leader, "another pod leads");
     // Nothing left to do: no rollout over more than a rollout interval (5 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
     let settled = demo.haproxy_generation().await;
     println!(
-        "controller replaced mid-burst: {} rollout(s) for 2 -> 6, config {hash}, none after",
+        "leader {leader} deleted mid-burst: {successor} took over; HAProxy served 6 pods {:.1}s after the deletion (Lease 15 s); {} rollout(s) for 2 -> 6, config {hash}, none after",
+        took.as_secs_f64(),
         after - before
     );
     assert_eq!(settled, after, "no rollout once converged");

@@ -454,8 +454,17 @@ async fn a_config_map_or_deployment_that_is_not_the_pools_is_never_taken() {
         })
         .await;
     }
-    // No writes while the conflicts stand: neither ConfigMap changes, and
-    // the Deployment does not roll, over more than a rollout interval.
+    // The first claimant serves: its status says so once the rollout is done.
+    eventually("webapp Ready", WAIT, || async {
+        match condition(&env, "webapp", "Ready").await {
+            Some((s, ..)) if s == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // No writes while the conflicts stand, two pools in each: over 30 s (six
+    // rollout intervals, two retries of an invalid pool) neither ConfigMap
+    // changes, the Deployment does not roll, and no pool's status flaps.
     let cm_version = |name: &'static str| {
         let env = &env;
         async move {
@@ -463,11 +472,23 @@ async fn a_config_map_or_deployment_that_is_not_the_pools_is_never_taken() {
             cm.metadata.resource_version.unwrap_or_default()
         }
     };
-    let (ours, generation) = (
+    let pool_versions = || {
+        let env = &env;
+        async move {
+            let mut versions = Vec::new();
+            for pool in ["webapp", "second", "third", "greedy"] {
+                let p = env.pools.get(pool).await.expect(pool);
+                versions.push((pool, p.metadata.resource_version.unwrap_or_default()));
+            }
+            versions
+        }
+    };
+    let (ours, generation, statuses) = (
         cm_version("webapp-haproxy").await,
         deployment_generation(&env).await,
+        pool_versions().await,
     );
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
         cm_version("webapp-haproxy").await,
         ours,
@@ -476,8 +497,9 @@ async fn a_config_map_or_deployment_that_is_not_the_pools_is_never_taken() {
     assert_eq!(
         deployment_generation(&env).await,
         generation,
-        "no rollout from the conflicting pool"
+        "no rollout from the conflicting pools"
     );
+    assert_eq!(pool_versions().await, statuses, "no status written in 30 s");
     let after = env.config_maps.get("precious").await.expect("precious");
     assert_eq!(
         after.metadata.resource_version,
@@ -486,13 +508,6 @@ async fn a_config_map_or_deployment_that_is_not_the_pools_is_never_taken() {
     assert_eq!(
         after.metadata.owner_references, None,
         "no ownerReference added"
-    );
-    assert_eq!(
-        condition(&env, "webapp", "Ready")
-            .await
-            .map(|c| c.0)
-            .as_deref(),
-        Some("True")
     );
     // One Warning per conflicting pool, not one per retry.
     let events = events_of(&n);

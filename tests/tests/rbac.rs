@@ -17,6 +17,7 @@ fn expected() -> BTreeSet<(String, String)> {
         ("events.events.k8s.io", "[create patch]"),
         ("loadbalancerpools.lbpool.dev", "[get list watch]"),
         ("loadbalancerpools.lbpool.dev/status", "[patch]"),
+        ("namespaces", "[list watch]"),
         ("services", "[get]"),
     ]
     .into_iter()
@@ -54,6 +55,19 @@ fn the_controller_may_do_exactly_what_it_does() {
         .cloned()
         .collect();
     assert_eq!(granted, expected(), "beyond what every identity may do");
+    // The leader Lease: in lbpool-system only, and nothing else there.
+    let own: BTreeSet<_> = can_i_list(SA, "lbpool-system")
+        .difference(&can_i_list(SA, &ns.name))
+        .cloned()
+        .collect();
+    let lease = BTreeSet::from([(
+        "leases.coordination.k8s.io".to_owned(),
+        "[get create patch]".to_owned(),
+    )]);
+    assert_eq!(
+        own, lease,
+        "what the controller may do in its own namespace"
+    );
     for forbidden in [
         "get secrets",
         "list secrets",
