@@ -19,6 +19,7 @@ pub mod model;
 pub mod reconcile;
 pub mod render;
 pub mod run;
+pub mod triggers;
 pub mod validate;
 
 #[cfg(test)]

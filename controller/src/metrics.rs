@@ -45,6 +45,11 @@ struct Update {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
 }
@@ -57,6 +62,7 @@ pub struct Metrics {
     updates: Family<Update, Counter>,
     errors: Family<Reason, Counter>,
     conflicts: Family<Reason, Counter>,
+    requests: Family<Request, Counter>,
     /// Rollouts triggered (Deployment annotation patches).
     pub rollouts: Counter,
     /// Pools newly found invalid (a new reason or message).
@@ -73,7 +79,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("lbpool");
         let reconciles = Family::<Outcome, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        let (updates, errors, conflicts) = Default::default();
+        let (updates, errors, conflicts, requests) = Default::default();
         let (rollouts, invalid) = Default::default();
         let (remembered_pools, leader) = Default::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
@@ -96,6 +102,11 @@ impl Default for Metrics {
             "conflicts",
             "Conflicts reported (another owner's ConfigMap or Deployment), by reason",
             Family::clone(&conflicts),
+        );
+        registry.register(
+            "api_requests",
+            "Requests this process sent to the API server, by verb (get, list, watch, create, patch, update, delete)",
+            Family::clone(&requests),
         );
         registry.register(
             "rollouts",
@@ -123,6 +134,7 @@ impl Default for Metrics {
             updates,
             errors,
             conflicts,
+            requests,
             rollouts,
             invalid,
             remembered_pools,
@@ -153,6 +165,12 @@ impl Metrics {
         self.conflicts.get_or_create(&Reason { reason }).inc();
     }
 
+    /// One request to the API server.
+    pub fn api_request<B>(&self, request: &http::Request<B>) {
+        let verb = verb_of(request.method(), request.uri());
+        self.requests.get_or_create(&Request { verb }).inc();
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -162,9 +180,87 @@ impl Metrics {
     }
 }
 
+/// The Kubernetes verb of a request: a GET is a `watch` with `watch=true`,
+/// else a `get` of a named object or a `list` of a collection. Whether a path
+/// names an object is read from its shape: `/api/v1/namespaces/ns/pods/x` and
+/// `/apis/g/v/namespaces/ns/r/x` do, as do cluster-scoped
+/// `/api/v1/namespaces/x` and `/apis/g/v/r/x`.
+fn verb_of(method: &http::Method, uri: &http::Uri) -> &'static str {
+    match *method {
+        http::Method::GET => {
+            if uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
+            {
+                return "watch";
+            }
+            let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+            // Drop the group/version prefix: ["api", v] or ["apis", g, v].
+            let rest = match segments.first() {
+                Some(&"api") => segments.get(2..),
+                Some(&"apis") => segments.get(3..),
+                _ => None,
+            }
+            .unwrap_or_default();
+            let rest = match rest {
+                ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+                other => other,
+            };
+            // [resource] is a list, [resource, name] (and subresources) a get.
+            if rest.len() >= 2 { "get" } else { "list" }
+        }
+        http::Method::POST => "create",
+        http::Method::PATCH => "patch",
+        http::Method::PUT => "update",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_verb() {
+        let verb =
+            |method: &str, uri: &str| verb_of(&method.parse().unwrap(), &uri.parse().unwrap());
+        assert_eq!(
+            verb("GET", "/api/v1/namespaces/demo/services/webapp"),
+            "get"
+        );
+        assert_eq!(
+            verb(
+                "GET",
+                "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices?labelSelector=x"
+            ),
+            "list"
+        );
+        assert_eq!(
+            verb(
+                "GET",
+                "/apis/apps/v1/deployments?watch=true&resourceVersion=5"
+            ),
+            "watch"
+        );
+        assert_eq!(verb("GET", "/api/v1/namespaces"), "list");
+        assert_eq!(verb("GET", "/api/v1/namespaces/demo"), "get");
+        assert_eq!(
+            verb("GET", "/apis/lbpool.dev/v1alpha1/loadbalancerpools"),
+            "list"
+        );
+        assert_eq!(
+            verb(
+                "PATCH",
+                "/apis/lbpool.dev/v1alpha1/namespaces/demo/loadbalancerpools/webapp/status"
+            ),
+            "patch"
+        );
+        assert_eq!(
+            verb("POST", "/apis/events.k8s.io/v1/namespaces/demo/events"),
+            "create"
+        );
+    }
 
     #[test]
     fn counts_show_in_the_exposition() {

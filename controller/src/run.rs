@@ -31,6 +31,7 @@ use crate::desired::MANAGER;
 use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, SERVICE_NAME_LABEL};
+use crate::triggers::{self, PoolTrigger};
 use crate::validate::HaproxyValidator;
 
 /// Command-line arguments (each also read from the environment).
@@ -48,6 +49,11 @@ pub struct Args {
     /// Watch one namespace only; all namespaces when absent.
     #[arg(long, env = "LBPOOL_NAMESPACE")]
     pub namespace: Option<String>,
+
+    /// Pools reconciled at once, at most. `haproxy -c` runs are bounded
+    /// separately, one per core.
+    #[arg(long, env = "LBPOOL_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
 
     /// Log format.
     #[arg(long, env = "LBPOOL_LOG_FORMAT", value_enum, default_value = "text")]
@@ -240,10 +246,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     info!(%version, "configs are checked with haproxy -c");
 
-    let client = Client::try_default()
+    let metrics = Metrics::default();
+    let config = kube::Config::infer()
         .await
         .context("no Kubernetes client configuration")?;
-    let metrics = Metrics::default();
+    let counted = metrics.clone();
+    let count = move |request: http::Request<kube::client::Body>| {
+        counted.api_request(&request);
+        request
+    };
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("Kubernetes client")?
+        .with_layer(&tower::util::MapRequestLayer::new(count))
+        .build();
     let health = Health::new(metrics.clone());
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(admin::serve(
@@ -364,17 +379,39 @@ async fn controller(
         .with_namespaces(namespaces),
     );
 
-    let controller = Controller::new(
+    // Pools: cached without managedFields; reconciled on a spec change or a
+    // deletion, not on the status this controller writes (see triggers.rs).
+    let (store, pool_writer) = reflector::store();
+    let mut pool_trigger = PoolTrigger::default();
+    let pools = watcher(
         api::<LoadBalancerPool>(&client, ns),
         watcher::Config::default(),
-    );
-    let store = controller.store();
-    let (slice_store, deployment_store, template_store) =
-        (store.clone(), store.clone(), store.clone());
+    )
+    .backoff(WatchBackoff::default())
+    .modify(|p| p.managed_fields_mut().clear())
+    .reflect(pool_writer)
+    .filter_map(move |event| {
+        std::future::ready(match event {
+            Ok(e) => pool_trigger.on(e).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    });
+    // Generated ConfigMaps: looked at when edited by someone else or deleted.
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    let controller = controller
-        .owns(api::<ConfigMap>(&client, ns), owned)
+    let config_maps = watcher(api::<ConfigMap>(&client, ns), owned)
+        .backoff(WatchBackoff::default())
+        .filter_map(|event| {
+            std::future::ready(match event {
+                Ok(e) => triggers::config_map_event(e).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
+    let (slice_store, deployment_store, template_store) =
+        (store.clone(), store.clone(), store.clone());
+    let controller = Controller::for_stream(pools, store.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        .owns_stream(config_maps)
         .watches(
             api::<EndpointSlice>(&client, ns),
             watcher::Config::default().labels(SERVICE_NAME_LABEL),

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+use tokio::sync::Semaphore;
 
 /// Checks a config before it is published.
 pub trait Validator: Send + Sync + std::fmt::Debug {
@@ -35,13 +37,19 @@ const PLACEHOLDER_ENV: [(&str, &str); 2] =
 pub struct HaproxyValidator {
     binary: PathBuf,
     timeout: Duration,
+    /// At most this many checks at once: one per core. A burst of a
+    /// thousand changed pools queues here instead of forking a thousand
+    /// processes that would each finish late and starve the watches.
+    running: Arc<Semaphore>,
 }
 
 impl HaproxyValidator {
     pub fn new(binary: impl Into<PathBuf>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             binary: binary.into(),
             timeout: Duration::from_secs(10),
+            running: Arc::new(Semaphore::new(cores)),
         }
     }
 
@@ -57,6 +65,11 @@ impl HaproxyValidator {
     }
 
     async fn run(&self, config: &str) -> Result<(), ValidationError> {
+        let _turn = self
+            .running
+            .acquire()
+            .await
+            .map_err(|e| self.unavailable(e))?;
         let dir = tempfile::tempdir().map_err(|e| self.unavailable(e))?;
         let path = dir.path().join("haproxy.cfg");
         let mut file = tokio::fs::File::create(&path)

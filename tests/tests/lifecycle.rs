@@ -162,9 +162,10 @@ async fn memory_follows_the_number_of_pools() {
             "cycle {cycle}: {POOLS} pools created and deleted in {:.1}s; RSS {baseline} KiB before any pool, {full} KiB with {POOLS}, {emptied} KiB after",
             started.elapsed().as_secs_f64()
         );
-        // Most of what the pools took is given back.
+        // Back near the baseline: what stays is the allocator's and the
+        // tables' high-water mark, well under 8 KiB per pool that was there.
         assert!(
-            emptied.saturating_sub(baseline) <= full.saturating_sub(baseline) / 2,
+            emptied <= baseline + 8 * 1024,
             "cycle {cycle}: RSS {emptied} KiB after deleting the pools, {baseline} KiB before, {full} KiB with them"
         );
         after.push(emptied);
