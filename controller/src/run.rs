@@ -308,9 +308,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
+    // On a signal the controller stops taking work and finishes the
+    // reconciles under way; deposed, it stops at once: another replica leads.
     let stop = tokio::select! {
-        () = controller(&args, client, metrics, health, identity) => Stop::Signal,
-        () = signal.clone() => Stop::Signal,
+        () = controller(&args, client, metrics, health, identity, signal.clone()) => Stop::Signal,
         () = deposed => Stop::Deposed,
     };
     if let Some(c) = candidate {
@@ -339,13 +340,15 @@ async fn stop_admin_server(
     }
 }
 
-/// The watches and the reconciles; runs until its future is dropped.
+/// The watches and the reconciles; runs until `shutdown`, then lets the
+/// reconciles under way finish.
 async fn controller(
     args: &Args,
     client: Client,
     metrics: Metrics,
     health: Health,
     identity: String,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let reporter = Reporter {
         controller: MANAGER.into(),
@@ -429,7 +432,8 @@ async fn controller(
             watcher::Config::default(),
             move |cm| pools_for_template(&template_store, &cm),
         )
-        .trigger_backoff(WatchBackoff::default());
+        .trigger_backoff(WatchBackoff::default())
+        .graceful_shutdown_on(shutdown);
 
     let ready_store = store.clone();
     let synced = async move {
@@ -477,7 +481,12 @@ async fn controller(
                 }
             }
         });
-    tokio::join!(reconciles, namespace_watch, synced);
+    // The namespace watch and the readiness probe never end; the reconciles
+    // end on shutdown.
+    tokio::select! {
+        () = reconciles => {}
+        ((), ()) = futures::future::join(namespace_watch, synced) => {}
+    }
 }
 
 #[cfg(test)]

@@ -368,18 +368,19 @@ async fn main() {
     let mut done: Vec<Duration> = Vec::with_capacity(n);
     let mut pending: Vec<usize> = (0..n).collect();
     while !pending.is_empty() && started.elapsed() < Duration::from_secs(600) {
-        let s = seen.lock().expect("seen");
-        pending.retain(|&i| {
-            let ok = s
-                .configs
-                .get(&format!("p{i}-haproxy"))
-                .is_some_and(|c| c.contains(&address(i, 0, 2)));
-            if ok {
-                done.push(started.elapsed());
-            }
-            !ok
-        });
-        drop(s);
+        {
+            let s = seen.lock().expect("seen");
+            pending.retain(|&i| {
+                let ok = s
+                    .configs
+                    .get(&format!("p{i}-haproxy"))
+                    .is_some_and(|c| c.contains(&address(i, 0, 2)));
+                if ok {
+                    done.push(started.elapsed());
+                }
+                !ok
+            });
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     done.sort();
