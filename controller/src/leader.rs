@@ -31,12 +31,16 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// The Lease duration in whole seconds, at least 3.
+    fn duration_seconds(&self) -> u64 {
+        self.duration.as_secs().max(3)
+    }
+
     /// Seconds before expiry at which the holder renews: two thirds of the
     /// duration, so a renewal may fail once and be retried before anyone
     /// else may take the Lease (15 s → renewed every 5 s).
     fn grace_seconds(&self) -> u64 {
-        let duration = self.duration.as_secs().max(3);
-        duration * 2 / 3
+        self.duration_seconds() * 2 / 3
     }
 }
 
@@ -51,9 +55,12 @@ pub struct Candidate {
 impl Candidate {
     /// Joins the election (creates the Lease if there is none yet).
     pub async fn join(client: Client, config: &LeaseConfig) -> anyhow::Result<Self> {
-        let duration = config.duration.as_secs().max(3);
-        let params = LeaseParams::new(config.identity.clone(), duration, config.grace_seconds())
-            .with_field_manager(format!("{MANAGER}/{}", config.identity));
+        let params = LeaseParams::new(
+            config.identity.clone(),
+            config.duration_seconds(),
+            config.grace_seconds(),
+        )
+        .with_field_manager(format!("{MANAGER}/{}", config.identity));
         let manager = LeaseManagerBuilder::new(client, &config.name)
             .with_namespace(&config.namespace)
             .with_parameters(params)

@@ -201,20 +201,27 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 /// slices, look whether the ConfigMap exists (not yet), read the Deployment
 /// (`deployment`), apply the ConfigMap.
 fn reads_then_config_map_apply(deployment: Value) -> Vec<Expect> {
+    let (_, _, cm) = read_path();
+    let missing = (
+        StatusCode::NOT_FOUND,
+        not_found("configmaps webapp-haproxy"),
+    );
+    let mut script = reads_answering(missing, deployment);
+    script.push(echo(Method::PATCH, &cm));
+    script
+}
+
+/// The reads of every reconcile that gets past validation: the Service,
+/// its slices, the ConfigMap (answered with `config_map`), the Deployment.
+fn reads_answering(config_map: (StatusCode, Value), deployment: Value) -> Vec<Expect> {
     let (svc, eps, cm) = read_path();
     vec![
         expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
         expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-        expect(Method::GET, &cm, |_| {
-            (
-                StatusCode::NOT_FOUND,
-                not_found("configmaps webapp-haproxy"),
-            )
-        }),
+        expect(Method::GET, &cm, move |_| config_map.clone()),
         expect(Method::GET, &deployment_path(), move |_| {
             (StatusCode::OK, deployment.clone())
         }),
-        echo(Method::PATCH, &cm),
     ]
 }
 
@@ -513,18 +520,7 @@ fn own_config_map(hash: &str, text: &str) -> Value {
 /// The reads of a pool whose ConfigMap exists (`config_map`) and whose
 /// Deployment runs `deployed`.
 fn reads(config_map: Value, deployed: &str) -> Vec<Expect> {
-    let (svc, eps, cm) = read_path();
-    let d = deployment(Some(deployed));
-    vec![
-        expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
-        expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-        expect(Method::GET, &cm, move |_| {
-            (StatusCode::OK, config_map.clone())
-        }),
-        expect(Method::GET, &deployment_path(), move |_| {
-            (StatusCode::OK, d.clone())
-        }),
-    ]
+    reads_answering((StatusCode::OK, config_map), deployment(Some(deployed)))
 }
 
 #[tokio::test]

@@ -406,6 +406,23 @@ pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, S
     Ok((r.status, r.body))
 }
 
+/// The controller's `/metrics` text, from its admin address.
+pub async fn metrics_text(admin: std::net::SocketAddr) -> Result<String, String> {
+    match admin_get(admin, "/metrics").await? {
+        (200, body) => Ok(body),
+        (code, _) => Err(format!("/metrics answered {code}")),
+    }
+}
+
+/// Resident memory of a process, in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// The value of an unlabelled sample (e.g. `lbpool_remembered_pools`) or a
 /// labelled one (`lbpool_updates_total{kind="rolled"}`) in a metrics text;
 /// 0 when the series is absent (a counter never incremented).

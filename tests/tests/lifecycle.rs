@@ -11,18 +11,8 @@ use std::time::{Duration, Instant};
 use lbpool_tests::demo::{Env, WAIT, apply_demo, scale};
 use lbpool_tests::{
     ControllerProcess, TestNamespace, admin_get, apply_yaml, eventually, free_local_addr, kubectl,
-    metric, scratch_dir,
+    metric, metrics_text, rss_kib, scratch_dir,
 };
-
-/// The controller's `/metrics` text.
-async fn metrics(admin: SocketAddr) -> Result<String, String> {
-    let (code, body) = admin_get(admin, "/metrics").await?;
-    if code == 200 {
-        Ok(body)
-    } else {
-        Err(format!("/metrics answered {code}"))
-    }
-}
 
 /// Lines of a controller log at `ERROR` or `WARN`.
 fn loud_lines(log: &str) -> Vec<&str> {
@@ -65,7 +55,7 @@ async fn deleting_pools_and_their_namespace_is_quiet() {
     kubectl(&["delete", "namespace", &n, "--wait=true", "--timeout=120s"])
         .expect("delete the namespace");
     let text = eventually("the controller to forget every pool", WAIT, || async {
-        let text = metrics(admin).await?;
+        let text = metrics_text(admin).await?;
         let remembered = metric(&text, "lbpool_remembered_pools");
         (remembered == 0.0)
             .then_some(text)
@@ -74,7 +64,7 @@ async fn deleting_pools_and_their_namespace_is_quiet() {
     .await;
     // A few seconds more for anything late (a requeued pool, a retry).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let text = metrics(admin).await.unwrap_or(text);
+    let text = metrics_text(admin).await.unwrap_or(text);
     let log = controller.log_text();
     assert_eq!(
         loud_lines(&log),
@@ -90,20 +80,10 @@ async fn deleting_pools_and_their_namespace_is_quiet() {
     assert_eq!(invalid, 0.0, "nor an invalid pool:\n{text}");
 }
 
-/// Resident memory of a process, in KiB (`VmRSS`).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Waits until `lbpool_remembered_pools` is `n`.
 async fn remembered(admin: SocketAddr, n: f64, timeout: Duration) {
     eventually(&format!("{n} pools remembered"), timeout, || async {
-        let got = metric(&metrics(admin).await?, "lbpool_remembered_pools");
+        let got = metric(&metrics_text(admin).await?, "lbpool_remembered_pools");
         (got == n).then_some(()).ok_or(format!("{got}"))
     })
     .await;
@@ -134,7 +114,7 @@ async fn memory_follows_the_number_of_pools() {
             serde_yaml_ng::from_str(&pool(&format!("p{i:04}"), "missing", "none")).expect("pool")
         })
         .collect();
-    let baseline = rss_kib(pid);
+    let baseline = rss_kib(pid).expect("VmRSS of the controller");
     let mut after = Vec::new();
     for cycle in 1..=2 {
         let started = Instant::now();
@@ -148,7 +128,7 @@ async fn memory_follows_the_number_of_pools() {
             })
             .await;
         remembered(admin, POOLS as f64, Duration::from_secs(300)).await;
-        let full = rss_kib(pid);
+        let full = rss_kib(pid).expect("VmRSS of the controller");
         env.pools
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await
@@ -157,7 +137,7 @@ async fn memory_follows_the_number_of_pools() {
         // Requeued retries of the deleted pools (15 s) run out, and the
         // allocator hands freed pages back (jemalloc's decay, 10 s).
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let emptied = rss_kib(pid);
+        let emptied = rss_kib(pid).expect("VmRSS of the controller");
         println!(
             "cycle {cycle}: {POOLS} pools created and deleted in {:.1}s; RSS {baseline} KiB before any pool, {full} KiB with {POOLS}, {emptied} KiB after",
             started.elapsed().as_secs_f64()

@@ -28,9 +28,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use lbpool_crds::LoadBalancerPool;
-use lbpool_tests::{
-    ControllerProcess, admin_client, admin_get, free_local_addr, metric, scratch_dir,
-};
+use lbpool_tests::{ControllerProcess, admin_client, free_local_addr, metric, scratch_dir};
 use serde_json::json;
 
 fn arg(name: &str) -> Option<String> {
@@ -178,13 +176,7 @@ fn cpu_seconds(pid: u32) -> (f64, f64) {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    lbpool_tests::rss_kib(pid).unwrap_or(0) as f64 / 1024.0
 }
 
 /// Sum of a metric's series (all labels).
@@ -196,10 +188,7 @@ fn total(text: &str, name: &str) -> f64 {
 }
 
 async fn metrics(admin: SocketAddr) -> String {
-    admin_get(admin, "/metrics")
-        .await
-        .map(|(_, b)| b)
-        .unwrap_or_default()
+    lbpool_tests::metrics_text(admin).await.unwrap_or_default()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
