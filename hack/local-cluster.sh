@@ -29,6 +29,9 @@
 #
 # State (certificates, etcd data, logs, kubeconfigs, the node's containers)
 # lives in $LBPOOL_CLUSTER_DIR, by default <cache>/cluster.
+# LBPOOL_KCM_QPS sets kube-controller-manager's client rate limit (its
+# default, 20 requests/s, is what a cluster without tuning has; the scale
+# benchmark raises it, see hack/scale-bench.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,6 +44,7 @@ etcd_port=${LBPOOL_ETCD_PORT:-23790}
 api_port=${LBPOOL_APISERVER_PORT:-26443}
 pod_cidr=${LBPOOL_POD_CIDR:-10.244.0.1/16}
 nodes=${LBPOOL_NODES:-2}
+kcm_qps=${LBPOOL_KCM_QPS:-20}
 
 # The real node's network.
 node_name=lbpool-node
@@ -506,7 +510,8 @@ up() {
     --authentication-kubeconfig "$dir/admin.kubeconfig" --authorization-kubeconfig "$dir/admin.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
-    --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10
+    --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \
+    --kube-api-qps "$kcm_qps" --kube-api-burst "$((kcm_qps * 3 / 2))"
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$dir/admin.kubeconfig" \
     --authentication-kubeconfig "$dir/admin.kubeconfig" --authorization-kubeconfig "$dir/admin.kubeconfig" \

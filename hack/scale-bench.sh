@@ -26,7 +26,11 @@ export LBPOOL_APISERVER_PORT=${LBPOOL_SCALE_APISERVER_PORT:-27543}
 trap 'bash hack/local-cluster.sh down >/dev/null 2>&1 || true' EXIT
 bash hack/local-cluster.sh down >/dev/null 2>&1 || true
 say "local control plane with simulated nodes"
-LBPOOL_KUBECONFIG=$(LBPOOL_NODE=kwok bash hack/local-cluster.sh up | tail -n 1)
+# `Ready` needs kube-controller-manager to roll each pool's Deployment; at its
+# default 20 requests/s, rolling 1 000 Deployments takes minutes whatever
+# the controller does. The benchmark lifts that limit (LBPOOL_KCM_QPS=20
+# shows the default) and prints the controller's own sync separately.
+LBPOOL_KUBECONFIG=$(LBPOOL_KCM_QPS=${LBPOOL_KCM_QPS:-500} LBPOOL_NODE=kwok bash hack/local-cluster.sh up | tail -n 1)
 export LBPOOL_KUBECONFIG LBPOOL_KUBECTL="$bin/kubectl"
 export LBPOOL_CONTROLLER_BIN="$target/release/lbpool-controller"
 export LBPOOL_TEST_ARTIFACTS="$LBPOOL_CLUSTER_DIR/bench"

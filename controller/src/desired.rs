@@ -60,9 +60,11 @@ pub fn config_map(pool: &LoadBalancerPool, config: &RenderedConfig) -> ConfigMap
     }
 }
 
-/// Whether `existing` already holds what [`config_map`] would write: the
-/// same config and hash, the same labels. Then nothing is sent. (The owner
-/// was checked by [`config_map_claim`].)
+/// Whether `existing`, a generated ConfigMap as the cache keeps it
+/// ([`crate::cache::slim_config_map`]: its hash annotation kept only if its
+/// data is the config the hash names), already holds what [`config_map`]
+/// would write: the same hash, the same labels. Then nothing is sent. (The
+/// owner was checked by [`config_map_claim`].)
 pub fn config_map_current(existing: &ConfigMap, desired: &ConfigMap) -> bool {
     let within = |want: &Option<BTreeMap<String, String>>,
                   have: &Option<BTreeMap<String, String>>| {
@@ -70,8 +72,7 @@ pub fn config_map_current(existing: &ConfigMap, desired: &ConfigMap) -> bool {
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    existing.data == desired.data
-        && within(&desired.metadata.labels, &existing.metadata.labels)
+    within(&desired.metadata.labels, &existing.metadata.labels)
         && within(
             &desired.metadata.annotations,
             &existing.metadata.annotations,
@@ -88,7 +89,7 @@ pub fn published_hash(cm: &ConfigMap) -> Option<&str> {
 }
 
 /// Whether the pool may write its ConfigMap, given what exists under that
-/// name (`None`: nothing, it will be created). lbpool writes only a ConfigMap
+/// name, by its metadata (`None`: nothing, it will be created). lbpool writes only a ConfigMap
 /// it created for this pool, which carries the pool's controller
 /// ownerReference (by UID). Anything else is a conflict, named, and left
 /// alone: a user's ConfigMap would otherwise be taken over and, with the
@@ -96,14 +97,13 @@ pub fn published_hash(cm: &ConfigMap) -> Option<&str> {
 /// would flap between two configs. The first claimant keeps it.
 pub fn config_map_claim(
     pool: &LoadBalancerPool,
-    existing: Option<&ConfigMap>,
+    existing: Option<&ObjectMeta>,
 ) -> Result<(), InvalidPool> {
-    let Some(cm) = existing else {
+    let Some(meta) = existing else {
         return Ok(());
     };
     let name = pool.config_map_name();
-    let controller = cm
-        .metadata
+    let controller = meta
         .owner_references
         .iter()
         .flatten()
@@ -554,13 +554,13 @@ mod tests {
         assert!(config_map_claim(&p, None).is_ok(), "absent: created");
         let ours = config_map(&p, &config);
         assert!(
-            config_map_claim(&p, Some(&ours)).is_ok(),
+            config_map_claim(&p, Some(&ours.metadata)).is_ok(),
             "made for this pool"
         );
 
         let mut users = ConfigMap::default();
         users.metadata.name = Some(p.config_map_name());
-        let e = config_map_claim(&p, Some(&users)).expect_err("a user's");
+        let e = config_map_claim(&p, Some(&users.metadata)).expect_err("a user's");
         assert_eq!(e.reason, reason::CONFIG_MAP_CONFLICT);
         assert!(
             e.message.starts_with("spec.haproxy.configMap:"),
@@ -572,7 +572,7 @@ mod tests {
         other.metadata.name = Some("other".into());
         other.metadata.uid = Some("another-uid".into());
         let theirs = config_map(&other, &config);
-        let e = config_map_claim(&p, Some(&theirs)).expect_err("another pool's");
+        let e = config_map_claim(&p, Some(&theirs.metadata)).expect_err("another pool's");
         assert!(
             e.message
                 .contains("LoadBalancerPool other (uid another-uid)"),
@@ -583,15 +583,16 @@ mod tests {
         // collection and is not taken over.
         let mut reborn = pool();
         reborn.metadata.uid = Some("new-uid".into());
-        assert!(config_map_claim(&reborn, Some(&ours)).is_err());
+        assert!(config_map_claim(&reborn, Some(&ours.metadata)).is_err());
     }
 
     #[test]
     fn an_identical_config_map_is_not_written_again() {
         let p = pool();
+        let text = "global\n";
         let config = RenderedConfig {
-            text: "global\n".into(),
-            hash: "sha256:aa".into(),
+            text: text.into(),
+            hash: crate::render::config_hash(text),
         };
         let want = config_map(&p, &config);
         let mut have = want.clone();
@@ -601,9 +602,11 @@ mod tests {
             .labels
             .get_or_insert_default()
             .insert("team".into(), "web".into());
+        crate::cache::slim_config_map(&mut have);
         assert!(config_map_current(&have, &want));
-        let mut edited = have.clone();
+        let mut edited = want.clone();
         edited.data = Some(BTreeMap::from([(CONFIG_KEY.into(), "global\n#x\n".into())]));
+        crate::cache::slim_config_map(&mut edited);
         assert!(
             !config_map_current(&edited, &want),
             "an edited config is restored"

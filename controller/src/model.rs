@@ -5,6 +5,7 @@
 //! smuggle a directive into the config. The same inputs in any order give the
 //! same model: servers are deduplicated and sorted by name.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -27,6 +28,33 @@ pub struct Model {
     pub proxy: Proxy,
     /// Ready backends, sorted by name, names unique.
     pub servers: Vec<Server>,
+}
+
+impl Model {
+    /// This proxy with stand-ins for its servers, the part of a config
+    /// that `haproxy -c` can find fault with. Server lines are built only
+    /// from values checked here (names, addresses, ports, cookies); the
+    /// rest of each line comes from the spec, which the stand-ins share: a
+    /// ready IPv4 server and a draining IPv6 one, so every form a line can
+    /// take is checked. The injection property test shows that any server
+    /// set on a skeleton HAProxy accepts is accepted too.
+    pub fn skeleton(&self) -> Model {
+        let stand_in = |name: &str, address: &str, draining| Server {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            port: 1,
+            cookie: name.to_owned(),
+            zone: None,
+            draining,
+        };
+        Model {
+            proxy: self.proxy.clone(),
+            servers: vec![
+                stand_in("stand-in-ipv4", "192.0.2.1", false),
+                stand_in("stand-in-ipv6", "2001:db8::1", true),
+            ],
+        }
+    }
 }
 
 /// The settings of the proxy, from the pool's spec.
@@ -207,10 +235,10 @@ pub fn resolve_port(
 }
 
 /// Builds the model. `slices` are the EndpointSlices of the pool's Service.
-pub fn build(
+pub fn build<S: Borrow<EndpointSlice>>(
     pool: &LoadBalancerPool,
     port: &BackendPort,
-    slices: &[EndpointSlice],
+    slices: &[S],
 ) -> Result<Model, InvalidPool> {
     let spec = &pool.spec;
     // The API server guarantees both; they reach the config, so check anyway.
@@ -365,11 +393,15 @@ fn small(value: i32, field: &str) -> Result<u8, InvalidPool> {
 /// pods draining) rather than nothing. With a sticky cookie, terminating but
 /// serving endpoints also stay beside the ready ones as draining servers, so
 /// the sessions pinned to them finish there.
-fn servers(port: &BackendPort, slices: &[EndpointSlice], sticky: bool) -> Vec<Server> {
+fn servers<S: Borrow<EndpointSlice>>(
+    port: &BackendPort,
+    slices: &[S],
+    sticky: bool,
+) -> Vec<Server> {
     // (address, port) -> (base name, zone, state); a BTreeMap makes the
     // result independent of the order of slices and endpoints.
     let mut endpoints: BTreeMap<(IpAddr, u16), (String, Option<String>, State)> = BTreeMap::new();
-    for slice in slices {
+    for slice in slices.iter().map(Borrow::borrow) {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
@@ -632,10 +664,10 @@ pub(crate) mod tests {
             config_map: "webapp-haproxy".into(),
             key: "haproxy.cfg.hbs".into(),
         });
-        let err = build(&p, &port, &[]).unwrap_err();
+        let err = build::<EndpointSlice>(&p, &port, &[]).unwrap_err();
         assert!(err.message.starts_with("spec.haproxy.configMap"), "{err}");
         p.spec.haproxy.config_map = Some("generated".into());
-        assert!(build(&p, &port, &[]).is_ok());
+        assert!(build::<EndpointSlice>(&p, &port, &[]).is_ok());
     }
 
     #[test]
@@ -666,7 +698,7 @@ pub(crate) mod tests {
         for (mutate, field) in cases {
             let mut p = pool();
             mutate(&mut p);
-            let err = build(&p, &port, &[])
+            let err = build::<EndpointSlice>(&p, &port, &[])
                 .err()
                 .or_else(|| min_rollout_interval(&p.spec).err())
                 .unwrap_or_else(|| panic!("{field}: accepted"));

@@ -1,10 +1,13 @@
 //! I/O: the only module that calls the Kubernetes API.
 //!
-//! One reconcile of one pool: read the Service, its EndpointSlices and the
-//! template; build, render and validate (pure, plus `haproxy -c`); apply the
-//! ConfigMap; patch the Deployment's pod-template annotation when the hash
-//! changed and the rollout interval allows; apply the status. A pool that
-//! cannot be served keeps its last good ConfigMap and says why in its status.
+//! One reconcile of one pool: look up the Service, its EndpointSlices, the
+//! ConfigMap and the Deployment in the watch caches ([`crate::cache`]), and
+//! read a user template; build, render and validate (pure, plus `haproxy
+//! -c` where a check can fail); write the ConfigMap and patch the
+//! Deployment's pod-template annotation when the hash changed and the
+//! rollout interval allows; apply the status when it changed. A pool that
+//! cannot be served keeps its last good ConfigMap and says why in its
+//! status.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,19 +15,18 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::cache::Caches;
 use crate::conditions::reason;
 use crate::desired::{self, DeploymentState, MANAGER, Rollout};
 use crate::error::{Context as _, Error};
@@ -38,8 +40,8 @@ use crate::validate::{ValidationError, Validator};
 const INVALID_RETRY: Duration = Duration::from_secs(15);
 /// A safety net: every pool is reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(600);
-/// Label of EndpointSlices naming their Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How soon a pool is looked at again when a cache was behind a write.
+const CACHE_BEHIND_RETRY: Duration = Duration::from_secs(1);
 
 /// Shared state of all reconciles.
 pub struct Context {
@@ -49,7 +51,11 @@ pub struct Context {
     /// Who the Events come from.
     pub reporter: Reporter,
     pub metrics: Metrics,
-    /// Last hash `haproxy -c` accepted, per pool: an unchanged config is not checked again.
+    /// What a reconcile reads instead of the API.
+    pub caches: Caches,
+    /// Per pool, the hash of the last config `haproxy -c` accepted (of its
+    /// skeleton, for the built-in template): an unchanged one is not
+    /// checked again.
     validated: Mutex<HashMap<String, String>>,
     /// Consecutive failures per pool, for backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -60,8 +66,6 @@ pub struct Context {
     /// What this process last said about each pool, for the same reason: a
     /// stale cached status must not repeat an Event or a log line.
     reported: Mutex<HashMap<String, Report>>,
-    /// The namespaces (names and deletion marks only), when watched.
-    namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl Context {
@@ -70,6 +74,7 @@ impl Context {
         validator: Box<dyn Validator>,
         reporter: Reporter,
         metrics: Metrics,
+        caches: Caches,
     ) -> Self {
         Self {
             client,
@@ -77,28 +82,19 @@ impl Context {
             validator,
             reporter,
             metrics,
+            caches,
             validated: Mutex::default(),
             failures: Mutex::default(),
             rollouts: Mutex::default(),
             reported: Mutex::default(),
-            namespaces: None,
         }
     }
 
-    /// Reads namespaces from this store: a pool in a namespace being
-    /// deleted is left alone.
-    #[must_use]
-    pub fn with_namespaces(mut self, store: Store<PartialObjectMeta<Namespace>>) -> Self {
-        self.namespaces = Some(store);
-        self
-    }
-
     fn namespace_terminating(&self, ns: &str) -> bool {
-        self.namespaces.as_ref().is_some_and(|store| {
-            store
-                .get(&ObjectRef::new(ns))
-                .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
-        })
+        self.caches
+            .namespaces
+            .get(&ObjectRef::new(ns))
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
 
     /// Drops what this process remembers of a pool that is gone (`ns/name`),
@@ -250,12 +246,10 @@ impl From<Error> for Halt {
     }
 }
 
-/// The namespaced APIs one pool touches.
+/// The namespaced APIs one pool writes (and reads its template from).
 struct Apis {
     ns: String,
     pools: Api<LoadBalancerPool>,
-    services: Api<Service>,
-    slices: Api<EndpointSlice>,
     config_maps: Api<ConfigMap>,
     deployments: Api<Deployment>,
 }
@@ -265,8 +259,6 @@ impl Apis {
         Self {
             ns: ns.to_owned(),
             pools: Api::namespaced(client.clone(), ns),
-            services: Api::namespaced(client.clone(), ns),
-            slices: Api::namespaced(client.clone(), ns),
             config_maps: Api::namespaced(client.clone(), ns),
             deployments: Api::namespaced(client.clone(), ns),
         }
@@ -277,7 +269,12 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
     let ns = pool
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(pool.name_any()))?;
-    if pool.metadata.deletion_timestamp.is_some() || ctx.namespace_terminating(&ns) {
+    let deleted = pool.metadata.deletion_timestamp.is_some();
+    if !deleted {
+        // Before every list is complete, a Service not listed yet would look deleted.
+        ctx.caches.synced().await;
+    }
+    if deleted || ctx.namespace_terminating(&ns) {
         // The ConfigMap is garbage-collected through its ownerReference.
         // Nothing is written into a namespace being deleted: its objects
         // go away in any order, and a missing Service then is no news.
@@ -295,29 +292,38 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
     }
 }
 
+/// The pool's ConfigMap, as the caches know it.
+enum ConfigMapNow {
+    /// No ConfigMap of that name: it is created.
+    Missing,
+    /// This pool's, as cached (no data; see [`crate::cache::slim_config_map`]).
+    Cached(Arc<ConfigMap>),
+    /// This pool's by its ownerReference, but not among the generated
+    /// ConfigMaps (its label was removed): it is applied again.
+    Unlabelled,
+}
+
 /// A config ready to publish.
 struct Prepared {
     model: Model,
     config: RenderedConfig,
     min_interval: Duration,
-    /// The pool's ConfigMap as it is, if it exists (this pool's).
-    config_map: Option<ConfigMap>,
+    config_map: ConfigMapNow,
     /// The HAProxy Deployment, if it exists (not claimed by another pool).
-    deployment: Option<Deployment>,
+    deployment: Option<Arc<Deployment>>,
 }
 
-/// Steps 1-4 of the flow: inputs read, model built, config rendered and validated.
+/// Steps 1-4 of the flow: inputs looked up, model built, config rendered and validated.
 async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<Prepared, Halt> {
     let spec = &pool.spec;
     let ns = &apis.ns;
+    let caches = &ctx.caches;
     let svc = &spec.backend.service;
     let min_interval = model::min_rollout_interval(spec)?;
 
-    let service = apis
+    let service = caches
         .services
-        .get_opt(svc)
-        .await
-        .during(|| format!("get Service {ns}/{svc}"))?
+        .get(&ObjectRef::new(svc).within(ns))
         .ok_or_else(|| {
             InvalidPool::new(
                 reason::SERVICE_NOT_FOUND,
@@ -325,12 +331,7 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
             )
         })?;
     let port = model::resolve_port(spec, &service)?;
-    let slices = apis
-        .slices
-        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={svc}")))
-        .await
-        .during(|| format!("list EndpointSlices of Service {ns}/{svc}"))?
-        .items;
+    let slices = caches.slices.of_service(ns, svc);
     let model = model::build(pool, &port, &slices)?;
 
     let user_template = match &spec.template {
@@ -372,60 +373,78 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
     };
     let config = ctx.renderer.render(template, &model)?;
 
-    let pool_key = key(pool);
-    let already_valid = lock(&ctx.validated).get(&pool_key) == Some(&config.hash);
-    if !already_valid {
-        match ctx.validator.check(&config.text).await {
-            Ok(()) => {
-                lock(&ctx.validated).insert(pool_key, config.hash.clone());
-            }
-            Err(ValidationError::Rejected(message)) => {
-                return Err(InvalidPool::new(
-                    reason::HAPROXY_REJECTED,
-                    format!(
-                        "haproxy -c rejected config {}: {message}",
-                        config.revision()
-                    ),
-                )
-                .into());
-            }
-            Err(e @ ValidationError::Unavailable { .. }) => return Err(Error::from(e).into()),
-        }
-    }
-    // Last of the checks, right before the write: is the ConfigMap ours?
+    validate(ctx, &key(pool), template, &model, &config).await?;
+
+    // Last of the checks, right before the write: are the ConfigMap and
+    // the Deployment this pool's?
     let cm_name = pool.config_map_name();
-    let existing = apis
-        .config_maps
-        .get_opt(&cm_name)
-        .await
-        .during(|| format!("get ConfigMap {ns}/{cm_name}"))?;
-    desired::config_map_claim(pool, existing.as_ref())?;
-    let deployment_name = &spec.haproxy.deployment;
-    let deployment = apis
+    let cm_meta = caches.config_map_meta(ns, &cm_name);
+    desired::config_map_claim(pool, cm_meta.as_ref())?;
+    let config_map = match (
+        cm_meta,
+        caches.config_maps.get(&ObjectRef::new(&cm_name).within(ns)),
+    ) {
+        (None, _) => ConfigMapNow::Missing,
+        (Some(_), Some(cached)) => ConfigMapNow::Cached(cached),
+        (Some(_), None) => ConfigMapNow::Unlabelled,
+    };
+    let deployment = caches
         .deployments
-        .get_opt(deployment_name)
-        .await
-        .during(|| format!("get Deployment {ns}/{deployment_name}"))?;
+        .get(&ObjectRef::new(&spec.haproxy.deployment).within(ns));
     if let Some(d) = &deployment
         && let desired::DeploymentClaim::Pool(other) = desired::deployment_claim(pool, d)
-    {
         // A claim of a pool deleted since is void: the Deployment is free.
-        let claimant = apis
-            .pools
-            .get_opt(&other)
-            .await
-            .during(|| format!("get LoadBalancerPool {ns}/{other}"))?;
-        if claimant.is_some() {
-            return Err(desired::deployment_conflict(pool, &other).into());
-        }
+        && caches.pools.get(&ObjectRef::new(&other).within(ns)).is_some()
+    {
+        return Err(desired::deployment_conflict(pool, &other).into());
     }
     Ok(Prepared {
         model,
         config,
         min_interval,
-        config_map: existing,
+        config_map,
         deployment,
     })
+}
+
+/// Runs `haproxy -c` where it can fail. For the built-in template that is
+/// the config's skeleton ([`Model::skeleton`]): server lines are built from
+/// values the model has checked, so a change of endpoints alone is not
+/// checked again. A user template may use the servers in any way; its
+/// whole config is checked whenever it changes.
+async fn validate(
+    ctx: &Context,
+    pool_key: &str,
+    template: Template<'_>,
+    model: &Model,
+    config: &RenderedConfig,
+) -> Result<(), Halt> {
+    let skeleton;
+    let checked = match template {
+        Template::BuiltIn => {
+            skeleton = ctx.renderer.render(template, &model.skeleton())?;
+            &skeleton
+        }
+        Template::User { .. } => config,
+    };
+    if lock(&ctx.validated).get(pool_key) == Some(&checked.hash) {
+        return Ok(());
+    }
+    match ctx.validator.check(&checked.text).await {
+        Ok(()) => {
+            lock(&ctx.validated).insert(pool_key.to_owned(), checked.hash.clone());
+            Ok(())
+        }
+        Err(ValidationError::Rejected(message)) => Err(InvalidPool::new(
+            reason::HAPROXY_REJECTED,
+            format!(
+                "haproxy -c rejected config {}: {message}",
+                config.revision()
+            ),
+        )
+        .into()),
+        Err(e @ ValidationError::Unavailable { .. }) => Err(Error::from(e).into()),
+    }
 }
 
 /// Steps 5-7: the ConfigMap and the Deployment annotation together, then
@@ -465,23 +484,47 @@ async fn publish(
         )
     });
     let wanted = desired::config_map(pool, &p.config);
+    let cm_name = pool.config_map_name();
     let write_config_map = match (&p.config_map, decision) {
-        (None, _) => true,
+        (ConfigMapNow::Missing, _) => {
+            // Created, not applied: a ConfigMap of that name that appeared
+            // since the cache looked fails the create instead of being taken.
+            let created = apis
+                .config_maps
+                .create(
+                    &PostParams {
+                        field_manager: Some(MANAGER.to_owned()),
+                        ..PostParams::default()
+                    },
+                    &wanted,
+                )
+                .await;
+            match created {
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    debug!(pool = %pool_key, config_map = %cm_name, "ConfigMap exists, the cache is behind; looking again");
+                    return Ok(Action::requeue(CACHE_BEHIND_RETRY));
+                }
+                other => other.during(|| format!("create ConfigMap {ns}/{cm_name}"))?,
+            };
+            true
+        }
         // Rate-limited: the ConfigMap keeps the config the pods run.
-        (Some(_), Some(Rollout::Wait(_))) => false,
-        (Some(existing), _) => !desired::config_map_current(existing, &wanted),
+        (_, Some(Rollout::Wait(_))) => false,
+        (ConfigMapNow::Cached(existing), _) if desired::config_map_current(existing, &wanted) => {
+            false
+        }
+        (ConfigMapNow::Cached(_) | ConfigMapNow::Unlabelled, _) => {
+            apis.config_maps
+                .patch(&cm_name, &apply, &Patch::Apply(wanted))
+                .await
+                .during(|| format!("apply ConfigMap {ns}/{cm_name}"))?;
+            true
+        }
     };
-    if write_config_map {
-        let cm_name = pool.config_map_name();
-        apis.config_maps
-            .patch(&cm_name, &apply, &Patch::Apply(wanted))
-            .await
-            .during(|| format!("apply ConfigMap {ns}/{cm_name}"))?;
-    }
 
     // What HAProxy serves, for the status: the Deployment as read, or as the
     // rollout patch returned it.
-    let mut served = p.deployment.as_ref().map(desired::served);
+    let mut served = p.deployment.as_deref().map(desired::served);
     let state = match (&p.deployment, decision) {
         (Some(_), Some(Rollout::UpToDate)) => DeploymentState::UpToDate,
         (Some(_), Some(Rollout::Wait(wait))) => DeploymentState::Pending { wait },
@@ -561,7 +604,7 @@ async fn publish(
     // say something older. The fresh pool's watch event comes soon.
     let cached_is_behind = matches!(state, DeploymentState::Pending { .. })
         && (write_config_map
-            || p.config_map.as_ref().and_then(desired::published_hash)
+            || cached_hash(&p.config_map)
                 != pool.status.as_ref().and_then(|s| s.config_hash.as_deref()));
     if !cached_is_behind {
         write_status(pool, apis, status).await?;
@@ -571,6 +614,13 @@ async fn publish(
         DeploymentState::Pending { wait } => Action::requeue(wait + Duration::from_millis(50)),
         _ => Action::requeue(RESYNC),
     })
+}
+
+fn cached_hash(cm: &ConfigMapNow) -> Option<&str> {
+    match cm {
+        ConfigMapNow::Cached(cm) => desired::published_hash(cm),
+        ConfigMapNow::Missing | ConfigMapNow::Unlabelled => None,
+    }
 }
 
 /// Leaves the ConfigMap and the Deployment as they are; says why in the
@@ -702,6 +752,7 @@ mod tests {
             Box::new(NoValidator),
             reporter,
             Metrics::default(),
+            crate::cache::Caches::new().0,
         ));
         for other in ["demo/webapp", "demo/other"] {
             lock(&ctx.validated).insert(other.into(), "sha256:x".into());

@@ -13,25 +13,26 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::FutureExt as _;
 use futures::StreamExt;
+use futures::TryStreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use lbpool_crds::LoadBalancerPool;
 use tracing::{debug, error, info};
 
 use crate::admin::{self, Health, Role};
+use crate::cache::{self, Caches, SERVICE_NAME_LABEL, Writers};
 use crate::desired::MANAGER;
 use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, SERVICE_NAME_LABEL};
-use crate::triggers::{self, PoolTrigger};
+use crate::reconcile::{self, Context};
+use crate::triggers;
 use crate::validate::HaproxyValidator;
 
 /// Command-line arguments (each also read from the environment).
@@ -125,6 +126,15 @@ fn pools_where(
         .collect()
 }
 
+/// Pools whose backends are this Service's.
+pub fn pools_for_service(
+    store: &Store<LoadBalancerPool>,
+    svc: &Service,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let name = svc.name_any();
+    pools_where(store, svc.namespace(), |p| p.spec.backend.service == name)
+}
+
 /// Pools whose backends come from this EndpointSlice's Service.
 pub fn pools_for_slice(
     store: &Store<LoadBalancerPool>,
@@ -147,10 +157,10 @@ pub fn pools_for_deployment(
     pools_where(store, d.namespace(), |p| p.spec.haproxy.deployment == name)
 }
 
-/// Pools whose template is this ConfigMap.
+/// Pools whose template is this ConfigMap (by its metadata).
 pub fn pools_for_template(
     store: &Store<LoadBalancerPool>,
-    cm: &ConfigMap,
+    cm: &impl ResourceExt,
 ) -> Vec<ObjectRef<LoadBalancerPool>> {
     let name = cm.name_any();
     pools_where(store, cm.namespace(), |p| {
@@ -159,6 +169,17 @@ pub fn pools_for_template(
             .as_ref()
             .is_some_and(|t| t.config_map == name)
     })
+}
+
+/// Passes an event's object on when `changes` says it is worth a reconcile.
+fn trigger<K: kube::Resource<DynamicType = ()>, V: PartialEq>(
+    changes: &mut triggers::Changes<K, V>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> Option<Result<K, watcher::Error>> {
+    match event {
+        Ok(e) => changes.on(e).map(Ok),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// Backoff of the watches after an error: 250 ms doubling to at most 5 s,
@@ -355,37 +376,43 @@ async fn controller(
         instance: Some(identity),
     };
     let ns = args.namespace.as_deref();
+    let (caches, writers) = Caches::new();
+    let Writers {
+        pools: pool_writer,
+        services: service_writer,
+        slices: mut slice_writer,
+        deployments: deployment_writer,
+        config_maps: config_map_writer,
+        config_map_names: name_writer,
+        namespaces: namespace_writer,
+    } = writers;
     // Namespaces: only names and deletion marks, to leave alone the pools of
     // a namespace being deleted.
-    let (namespaces, namespace_writer) = reflector::store();
     let namespace_config = match ns {
         Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
         None => watcher::Config::default(),
     };
-    let namespace_watch = reflector(
-        namespace_writer,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            namespace_config,
-        ),
+    let namespace_watch = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        namespace_config,
     )
-    .default_backoff()
-    .touched_objects()
+    .backoff(WatchBackoff::default())
+    .modify(cache::slim_namespace)
+    .reflect(namespace_writer)
     .for_each(|_| std::future::ready(()));
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            Box::new(HaproxyValidator::new(&args.haproxy_bin)),
-            reporter,
-            metrics,
-        )
-        .with_namespaces(namespaces),
-    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Box::new(HaproxyValidator::new(&args.haproxy_bin)),
+        reporter,
+        metrics,
+        caches.clone(),
+    ));
 
+    // Every watch feeds a cache (cache.rs) before it triggers anything, so a
+    // reconcile it triggers reads what triggered it.
     // Pools: cached without managedFields; reconciled on a spec change or a
     // deletion, not on the status this controller writes (see triggers.rs).
-    let (store, pool_writer) = reflector::store();
-    let mut pool_trigger = PoolTrigger::default();
+    let mut pool_trigger = triggers::pool_trigger();
     let pools = watcher(
         api::<LoadBalancerPool>(&client, ns),
         watcher::Config::default(),
@@ -393,66 +420,73 @@ async fn controller(
     .backoff(WatchBackoff::default())
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(pool_writer)
-    .filter_map(move |event| {
-        std::future::ready(match event {
-            Ok(e) => pool_trigger.on(e).map(Ok),
-            Err(e) => Some(Err(e)),
-        })
-    });
+    .filter_map(move |event| std::future::ready(trigger(&mut pool_trigger, event)));
+    let services = watcher(api::<Service>(&client, ns), watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .modify(cache::slim_service)
+        .reflect(service_writer)
+        .touched_objects();
+    let slices = watcher(
+        api::<EndpointSlice>(&client, ns),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+    )
+    .backoff(WatchBackoff::default())
+    .modify(cache::slim_slice)
+    .map_ok(move |event| {
+        slice_writer.apply_watcher_event(&event);
+        event
+    })
+    .touched_objects();
+    let mut deployment_trigger = triggers::deployment_trigger();
+    let deployments = watcher(api::<Deployment>(&client, ns), watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .modify(cache::slim_deployment)
+        .reflect(deployment_writer)
+        .filter_map(move |event| std::future::ready(trigger(&mut deployment_trigger, event)));
     // Generated ConfigMaps: looked at when edited by someone else or deleted.
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     let config_maps = watcher(api::<ConfigMap>(&client, ns), owned)
         .backoff(WatchBackoff::default())
+        .modify(cache::slim_config_map)
+        .reflect(config_map_writer)
         .filter_map(|event| {
             std::future::ready(match event {
                 Ok(e) => triggers::config_map_event(e).map(Ok),
                 Err(e) => Some(Err(e)),
             })
         });
-    let (slice_store, deployment_store, template_store) =
-        (store.clone(), store.clone(), store.clone());
+    // Every ConfigMap, metadata only: whose each is, and user templates
+    // (an edit re-renders the pools that use it).
+    let config_map_names = watcher(
+        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        watcher::Config::default(),
+    )
+    .backoff(WatchBackoff::default())
+    .modify(cache::slim_names)
+    .reflect(name_writer)
+    .touched_objects();
+    let store = caches.pools.clone();
+    let (service_store, slice_store, deployment_store, template_store) =
+        (store.clone(), store.clone(), store.clone(), store.clone());
     let controller = Controller::for_stream(pools, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .owns_stream(config_maps)
-        .watches(
-            api::<EndpointSlice>(&client, ns),
-            watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            move |slice| pools_for_slice(&slice_store, &slice),
-        )
-        .watches(
-            api::<Deployment>(&client, ns),
-            watcher::Config::default(),
-            move |d| pools_for_deployment(&deployment_store, &d),
-        )
-        // User templates: an edit re-renders the pools that use it. Objects
-        // are mapped and dropped, not cached.
-        .watches(
-            api::<ConfigMap>(&client, ns),
-            watcher::Config::default(),
-            move |cm| pools_for_template(&template_store, &cm),
-        )
+        .watches_stream(services, move |svc| pools_for_service(&service_store, &svc))
+        .watches_stream(slices, move |slice| pools_for_slice(&slice_store, &slice))
+        .watches_stream(deployments, move |d| {
+            pools_for_deployment(&deployment_store, &d)
+        })
+        .watches_stream(config_map_names, move |cm| {
+            pools_for_template(&template_store, &cm)
+        })
         .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown);
 
-    let ready_store = store.clone();
     let synced = async move {
-        // kube-runtime's store readiness wakes only its last waiter, and the
-        // controller itself waits on this store; so look again every 250 ms
-        // instead of relying on a wake-up.
-        loop {
-            let wait =
-                tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready());
-            match wait.await {
-                Ok(Ok(())) => {
-                    info!("pool cache synced; ready");
-                    health.set(Role::Leading);
-                    return;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => continue,
-            }
-        }
+        caches.synced().await;
+        info!(caches = ?caches, "caches synced; ready");
+        health.set(Role::Leading);
     };
 
     info!(namespace = ns.unwrap_or("<all>"), admin = %args.admin_addr, "lbpool-controller started");

@@ -6,56 +6,72 @@
 //!   it is first seen, when its deletion starts and when it is deleted, not
 //!   when only its status (written by the controller) or its metadata moves.
 //! - A generated ConfigMap is looked at when it no longer holds the config
-//!   its hash annotation names (someone edited it) or when it is deleted,
-//!   not after the controller's own write, which is consistent by
+//!   its hash annotation names (someone edited it; the cache has dropped
+//!   the annotation, see [`crate::cache::slim_config_map`]) or when it is
+//!   deleted, not after the controller's own write, which is consistent by
 //!   construction.
+//! - A Deployment is looked at when what the status reports of it changes
+//!   (replicas, updated and ready counts, generations, the config hash of
+//!   its pod template) or its claim, not on kube-controller-manager's
+//!   progress updates.
 
 use std::collections::HashMap;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use lbpool_crds::LoadBalancerPool;
 
-use crate::desired::{CONFIG_KEY, published_hash};
-use crate::render::config_hash;
+use crate::desired::{POOL_CLAIM_ANNOTATION, Served, published_hash, served};
 
-/// What of a pool a reconcile depends on: its spec (by generation) and
-/// whether it is being deleted.
-type PoolInputs = (Option<i64>, bool);
-
-fn inputs(pool: &LoadBalancerPool) -> PoolInputs {
-    (
-        pool.metadata.generation,
-        pool.metadata.deletion_timestamp.is_some(),
-    )
+/// Passes on an object when what a reconcile reads of it (`inputs`)
+/// changed since it last passed, when it is first seen and when it is
+/// deleted.
+pub struct Changes<K: Resource<DynamicType = ()>, V> {
+    seen: HashMap<ObjectRef<K>, V>,
+    inputs: fn(&K) -> V,
 }
 
-/// Remembers what each pool looked like at its last trigger.
-#[derive(Debug, Default)]
-pub struct PoolTrigger {
-    seen: HashMap<ObjectRef<LoadBalancerPool>, PoolInputs>,
+impl<K: Resource<DynamicType = ()>, V> std::fmt::Debug for Changes<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("seen", &self.seen.len())
+            .finish()
+    }
 }
 
-impl PoolTrigger {
-    /// The pool to reconcile for this event, if any.
-    pub fn on(&mut self, event: Event<LoadBalancerPool>) -> Option<LoadBalancerPool> {
+impl<K: Resource<DynamicType = ()>, V: PartialEq> Changes<K, V> {
+    pub fn new(inputs: fn(&K) -> V) -> Self {
+        Self {
+            seen: HashMap::new(),
+            inputs,
+        }
+    }
+
+    /// The object to reconcile for this event, if any.
+    pub fn on(&mut self, event: Event<K>) -> Option<K> {
         match event {
-            Event::Apply(pool) | Event::InitApply(pool) => {
-                let now = inputs(&pool);
-                let before = self.seen.insert(ObjectRef::from_obj(&pool), now);
-                (before != Some(now)).then_some(pool)
+            Event::Apply(obj) | Event::InitApply(obj) => {
+                let now = (self.inputs)(&obj);
+                let key = ObjectRef::from_obj(&obj);
+                let changed = self.seen.get(&key) != Some(&now);
+                if changed {
+                    self.seen.insert(key, now);
+                }
+                changed.then_some(obj)
             }
-            // Reconciled once more, to find it gone and forget it.
-            Event::Delete(pool) => {
-                self.seen.remove(&ObjectRef::from_obj(&pool));
-                Some(pool)
+            // Looked at once more, to find it gone.
+            Event::Delete(obj) => {
+                self.seen.remove(&ObjectRef::from_obj(&obj));
+                Some(obj)
             }
             Event::Init | Event::InitDone => None,
         }
     }
 
-    /// Pools remembered.
+    /// Objects remembered.
     pub fn len(&self) -> usize {
         self.seen.len()
     }
@@ -65,34 +81,54 @@ impl PoolTrigger {
     }
 }
 
-/// The generated ConfigMap to look at for this event, if any.
-pub fn config_map_event(event: Event<ConfigMap>) -> Option<ConfigMap> {
-    match event {
-        Event::Apply(cm) | Event::InitApply(cm) => (!consistent(&cm)).then_some(cm),
-        Event::Delete(cm) => Some(cm),
-        Event::Init | Event::InitDone => None,
-    }
+/// A pool is reconciled on a new spec (`generation`) and when its deletion
+/// starts, not on the status the controller writes.
+pub fn pool_trigger() -> Changes<LoadBalancerPool, (Option<i64>, bool)> {
+    Changes::new(|pool| {
+        (
+            pool.metadata.generation,
+            pool.metadata.deletion_timestamp.is_some(),
+        )
+    })
 }
 
-/// Whether a ConfigMap holds exactly the config its hash annotation names.
-fn consistent(cm: &ConfigMap) -> bool {
-    let text = cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY));
-    match (text, published_hash(cm)) {
-        (Some(text), Some(hash)) => config_hash(text) == hash,
-        _ => false,
+/// A Deployment's pools are reconciled when what the status reports of it
+/// ([`served`]) or its claim changes, not on every step of kube-controller-
+/// manager's progress conditions.
+pub fn deployment_trigger() -> Changes<Deployment, (Served, Option<String>)> {
+    Changes::new(|d| {
+        let claim = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(POOL_CLAIM_ANNOTATION))
+            .cloned();
+        (served(d), claim)
+    })
+}
+
+/// The generated ConfigMap to look at for this event, if any. `event`
+/// carries the ConfigMap as the cache keeps it: with its hash annotation
+/// only if its data is the config the hash names.
+pub fn config_map_event(event: Event<ConfigMap>) -> Option<ConfigMap> {
+    match event {
+        Event::Apply(cm) | Event::InitApply(cm) => published_hash(&cm).is_none().then_some(cm),
+        Event::Delete(cm) => Some(cm),
+        Event::Init | Event::InitDone => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::config_hash;
     use crate::testing::pool;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use std::collections::BTreeMap;
 
     #[test]
     fn a_pool_triggers_on_spec_changes_and_deletion_only() {
-        let mut t = PoolTrigger::default();
+        let mut t = pool_trigger();
         let mut p = pool();
         p.metadata.generation = Some(1);
         assert!(t.on(Event::InitApply(p.clone())).is_some(), "first seen");
@@ -119,15 +155,48 @@ mod tests {
         assert!(t.on(Event::Init).is_none());
     }
 
+    /// A ConfigMap holding `text` under the hash `hash`, as cached.
+    #[test]
+    fn a_deployment_triggers_when_what_is_served_changes() {
+        let mut t = deployment_trigger();
+        let mut d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "haproxy", "namespace": "demo", "generation": 1},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1}
+        }))
+        .expect("deployment");
+        assert!(t.on(Event::InitApply(d.clone())).is_some(), "first seen");
+        // A progress condition moved: nothing the status reports.
+        d.metadata.resource_version = Some("5".into());
+        d.status.get_or_insert_default().conditions = Some(vec![]);
+        assert!(t.on(Event::Apply(d.clone())).is_none());
+        // One more pod ready.
+        d.status.get_or_insert_default().ready_replicas = Some(2);
+        assert!(t.on(Event::Apply(d.clone())).is_some());
+        assert!(t.on(Event::Apply(d.clone())).is_none());
+        // Claimed by a pool.
+        d.metadata.annotations = Some(BTreeMap::from([(
+            POOL_CLAIM_ANNOTATION.into(),
+            "web".into(),
+        )]));
+        assert!(t.on(Event::Apply(d.clone())).is_some());
+        assert!(t.on(Event::Delete(d)).is_some());
+        assert!(t.is_empty());
+    }
+
     fn config_map(text: &str, hash: &str) -> ConfigMap {
         let mut cm = ConfigMap {
-            data: Some(BTreeMap::from([(CONFIG_KEY.into(), text.into())])),
+            data: Some(BTreeMap::from([(
+                crate::desired::CONFIG_KEY.into(),
+                text.into(),
+            )])),
             ..ConfigMap::default()
         };
         cm.metadata.annotations = Some(BTreeMap::from([(
             crate::desired::CONFIG_HASH_ANNOTATION.into(),
             hash.into(),
         )]));
+        crate::cache::slim_config_map(&mut cm);
         cm
     }
 
@@ -142,8 +211,7 @@ mod tests {
         assert!(config_map_event(Event::InitApply(ours.clone())).is_none());
         let edited = config_map("global\n    maxconn 1\n", &config_hash(text));
         assert!(config_map_event(Event::Apply(edited)).is_some());
-        let mut emptied = ours.clone();
-        emptied.data = None;
+        let emptied = config_map("", &config_hash(text));
         assert!(config_map_event(Event::Apply(emptied)).is_some());
         assert!(config_map_event(Event::Delete(ours)).is_some());
     }

@@ -231,4 +231,30 @@ proptest! {
             eprintln!("{} cases, {accepted} accepted and checked by haproxy -c", CASES.load(Ordering::Relaxed));
         }
     }
+
+    /// The premise of checking only skeletons (issue: validation only where
+    /// it can fail): once `haproxy -c` accepts a pool's skeleton, every
+    /// server set the model can build accepts too, so a change of endpoints
+    /// alone needs no check.
+    #[test]
+    fn any_server_set_on_an_accepted_skeleton_passes_haproxy(
+        pool in pool(),
+        endpoints in proptest::collection::vec(endpoint(), 0..12),
+        endpoint_port in port(),
+    ) {
+        let port = BackendPort { name: Some("http".into()) };
+        let Ok(model) = model::build(&pool, &port, &slices(&endpoints, endpoint_port)) else {
+            return Ok(());
+        };
+        let renderer = Renderer::new();
+        let skeleton = renderer.render(Template::BuiltIn, &model.skeleton()).expect("the skeleton renders").text;
+        let (rt, haproxy) = validator();
+        if rt.block_on(haproxy.check(&skeleton)).is_err() {
+            return Ok(());
+        }
+        let text = renderer.render(Template::BuiltIn, &model).expect("the config renders").text;
+        if let Err(e) = rt.block_on(haproxy.check(&text)) {
+            panic!("haproxy -c accepted the skeleton but rejected its servers: {e}\n{skeleton}\n---\n{text}");
+        }
+    }
 }

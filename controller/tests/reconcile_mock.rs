@@ -1,15 +1,22 @@
-//! The reconcile I/O against a scripted mock API: each test lists the exact
-//! requests a reconcile must make, in order, and fails on any other.
+//! The reconcile I/O against a scripted mock API: each test puts the
+//! cluster's objects in the watch caches, lists the exact requests a
+//! reconcile must make, in order, and fails on any other. Reads come from
+//! the caches, so a script holds only writes (and a user template's read).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kube::runtime::watcher::Event;
+use lbpool_controller::cache::{self, Caches, Writers};
 use lbpool_controller::metrics::Metrics;
 use lbpool_controller::model;
 use lbpool_controller::reconcile::{Context, reconcile};
@@ -18,13 +25,31 @@ use lbpool_controller::validate::{ValidationError, Validator};
 use lbpool_crds::LoadBalancerPool;
 use serde_json::{Value, json};
 
-/// A validator that accepts everything, or rejects everything with a message.
-#[derive(Debug)]
-struct FakeValidator(Option<&'static str>);
+/// A validator that accepts everything, or rejects everything with a
+/// message; it counts the configs it was given.
+#[derive(Debug, Default)]
+struct FakeValidator {
+    reject: Option<&'static str>,
+    checks: Arc<AtomicUsize>,
+}
+
+impl FakeValidator {
+    fn accepting() -> Self {
+        Self::default()
+    }
+
+    fn rejecting(message: &'static str) -> Self {
+        Self {
+            reject: Some(message),
+            ..Self::default()
+        }
+    }
+}
 
 impl Validator for FakeValidator {
     fn check<'a>(&'a self, _config: &'a str) -> BoxFuture<'a, Result<(), ValidationError>> {
-        let result = match self.0 {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let result = match self.reject {
             None => Ok(()),
             Some(msg) => Err(ValidationError::Rejected(msg.into())),
         };
@@ -76,17 +101,100 @@ fn not_found(what: &str) -> Value {
 
 const NS: &str = "/namespaces/demo";
 
-/// Runs one reconcile of `pool` against the script; returns the bodies the
-/// controller sent, in order, for further checks.
-async fn run(
-    pool: LoadBalancerPool,
-    validator: FakeValidator,
-    script: Vec<Expect>,
-) -> Vec<(String, Value)> {
+/// The cluster as the watch caches hold it. Objects go in as the API
+/// returns them and are slimmed as the watches slim them.
+#[derive(Clone)]
+struct World {
+    pools: Vec<Value>,
+    service: Option<Value>,
+    slices: Vec<Value>,
+    /// The pool's generated ConfigMap (`webapp-haproxy`).
+    config_map: Option<Value>,
+    /// Any other ConfigMap by that name (metadata only).
+    foreign_config_map: Option<Value>,
+    deployment: Option<Value>,
+}
+
+impl World {
+    /// `pool`, its Service with one ready endpoint, and the Deployment
+    /// (`deployment`); no ConfigMap yet.
+    fn with(deployment: Option<Value>) -> Self {
+        Self {
+            pools: vec![serde_json::to_value(pool()).expect("pool json")],
+            service: Some(service()),
+            slices: slices()["items"].as_array().cloned().unwrap_or_default(),
+            config_map: None,
+            foreign_config_map: None,
+            deployment,
+        }
+    }
+
+    fn caches(&self) -> (Caches, Writers) {
+        let (caches, mut w) = Caches::new();
+        fn all<T: serde::de::DeserializeOwned>(values: &[Value], slim: fn(&mut T)) -> Vec<T> {
+            values
+                .iter()
+                .map(|v| {
+                    let mut obj: T = serde_json::from_value(v.clone()).expect("object");
+                    slim(&mut obj);
+                    obj
+                })
+                .collect()
+        }
+        seed(
+            &mut |e| w.pools.apply_watcher_event(e),
+            all::<LoadBalancerPool>(&self.pools, |_| ()),
+        );
+        seed(
+            &mut |e| w.services.apply_watcher_event(e),
+            all(self.service.as_slice(), cache::slim_service),
+        );
+        seed(
+            &mut |e| w.slices.apply_watcher_event(e),
+            all(&self.slices, cache::slim_slice),
+        );
+        seed(
+            &mut |e| w.config_maps.apply_watcher_event(e),
+            all(self.config_map.as_slice(), cache::slim_config_map),
+        );
+        let names: Vec<Value> = self
+            .config_map
+            .iter()
+            .chain(&self.foreign_config_map)
+            .cloned()
+            .collect();
+        seed(
+            &mut |e| w.config_map_names.apply_watcher_event(e),
+            all::<PartialObjectMeta<ConfigMap>>(&names, cache::slim_names),
+        );
+        seed(
+            &mut |e| w.deployments.apply_watcher_event(e),
+            all(self.deployment.as_slice(), cache::slim_deployment),
+        );
+        seed(
+            &mut |e| w.namespaces.apply_watcher_event(e),
+            Vec::<PartialObjectMeta<Namespace>>::new(),
+        );
+        (caches, w)
+    }
+}
+
+/// A complete first list of `objects`.
+fn seed<K>(apply: &mut dyn FnMut(&Event<K>), objects: Vec<K>) {
+    apply(&Event::Init);
+    for obj in objects {
+        apply(&Event::InitApply(obj));
+    }
+    apply(&Event::InitDone);
+}
+
+/// Answers requests from `script`, in order; returns what was sent once
+/// every client is dropped, and fails on a request out of script or one
+/// never made.
+fn serve(script: Vec<Expect>) -> (Client, tokio::task::JoinHandle<Vec<(String, Value)>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let sent_by_server = sent.clone();
     let server = tokio::spawn(async move {
+        let mut sent = Vec::new();
         let mut script = script.into_iter();
         while let Some((request, respond)) = handle.next_request().await {
             let (parts, body) = request.into_parts();
@@ -102,10 +210,7 @@ async fn run(
                 "requests out of script"
             );
             let (status, answer) = (next.answer)(&body);
-            sent_by_server
-                .lock()
-                .expect("lock")
-                .push((format!("{} {path}", parts.method), body));
+            sent.push((format!("{} {path}", parts.method), body));
             let response = Response::builder()
                 .status(status)
                 .body(Body::from(serde_json::to_vec(&answer).expect("json")))
@@ -114,30 +219,53 @@ async fn run(
         }
         let rest: Vec<String> = script.map(|e| format!("{} {}", e.method, e.path)).collect();
         assert!(rest.is_empty(), "requests never made: {rest:?}");
+        sent
     });
+    (Client::new(service, "demo"), server)
+}
 
-    let client = Client::new(service, "demo");
+fn context(client: Client, validator: FakeValidator, caches: Caches) -> Arc<Context> {
     let reporter = Reporter {
         controller: "lbpool-controller".into(),
         instance: None,
     };
-    let ctx = Arc::new(Context::new(
+    Arc::new(Context::new(
         client,
         Box::new(validator),
         reporter,
         Metrics::default(),
-    ));
-    reconcile(Arc::new(pool), ctx)
+        caches,
+    ))
+}
+
+/// Runs one reconcile of `pool` in `world` against the script; returns the
+/// bodies the controller sent, in order, for further checks.
+async fn run(
+    pool: LoadBalancerPool,
+    world: &World,
+    validator: FakeValidator,
+    script: Vec<Expect>,
+) -> Vec<(String, Value)> {
+    run_for(pool, world, validator, script).await.0
+}
+
+/// [`run`], also returning what the reconcile asked for next.
+async fn run_for(
+    pool: LoadBalancerPool,
+    world: &World,
+    validator: FakeValidator,
+    script: Vec<Expect>,
+) -> (Vec<(String, Value)>, Action) {
+    let (client, server) = serve(script);
+    let (caches, _writers) = world.caches();
+    let action = reconcile(Arc::new(pool), context(client, validator, caches))
         .await
         .expect("reconcile succeeds");
     // Dropping the last client ends the mock's request stream.
-    server
+    let sent = server
         .await
         .expect("the mock API saw exactly the scripted requests");
-    Arc::try_unwrap(sent)
-        .expect("server done")
-        .into_inner()
-        .expect("lock")
+    (sent, action)
 }
 
 fn pool() -> LoadBalancerPool {
@@ -155,12 +283,22 @@ fn service() -> Value {
            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 3000}]}})
 }
 
+fn slice_with(addresses: &[(&str, &str)]) -> Value {
+    let endpoints: Vec<Value> = addresses
+        .iter()
+        .map(|(address, pod)| {
+            json!({"addresses": [address], "conditions": {"ready": true},
+                                     "targetRef": {"kind": "Pod", "name": pod}})
+        })
+        .collect();
+    json!({"metadata": {"name": "webapp-x", "namespace": "demo", "labels": {"kubernetes.io/service-name": "webapp"}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 3000}],
+           "endpoints": endpoints})
+}
+
 fn slices() -> Value {
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {"resourceVersion": "1"},
-           "items": [{"metadata": {"name": "webapp-x", "namespace": "demo", "labels": {"kubernetes.io/service-name": "webapp"}},
-                      "addressType": "IPv4", "ports": [{"name": "http", "port": 3000}],
-                      "endpoints": [{"addresses": ["10.244.0.7"], "conditions": {"ready": true},
-                                     "targetRef": {"kind": "Pod", "name": "webapp-1"}}]}]})
+           "items": [slice_with(&[("10.244.0.7", "webapp-1")])]})
 }
 
 /// The HAProxy Deployment, 2 pods, its rollout of `hash` complete.
@@ -197,59 +335,39 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
-/// The requests of every reconcile that publishes: read the Service and its
-/// slices, look whether the ConfigMap exists (not yet), read the Deployment
-/// (`deployment`), apply the ConfigMap.
-fn reads_then_config_map_apply(deployment: Value) -> Vec<Expect> {
-    let (_, _, cm) = read_path();
-    let missing = (
-        StatusCode::NOT_FOUND,
-        not_found("configmaps webapp-haproxy"),
-    );
-    let mut script = reads_answering(missing, deployment);
-    script.push(echo(Method::PATCH, &cm));
-    script
+fn config_maps_path() -> String {
+    format!("/api/v1{NS}/configmaps")
 }
 
-/// The reads of every reconcile that gets past validation: the Service,
-/// its slices, the ConfigMap (answered with `config_map`), the Deployment.
-fn reads_answering(config_map: (StatusCode, Value), deployment: Value) -> Vec<Expect> {
-    let (svc, eps, cm) = read_path();
-    vec![
-        expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
-        expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-        expect(Method::GET, &cm, move |_| config_map.clone()),
-        expect(Method::GET, &deployment_path(), move |_| {
-            (StatusCode::OK, deployment.clone())
-        }),
-    ]
+fn config_map_path() -> String {
+    format!("/api/v1{NS}/configmaps/webapp-haproxy")
 }
 
 fn deployment_path() -> String {
     format!("/apis/apps/v1{NS}/deployments/haproxy")
 }
 
-fn read_path() -> (String, String, String) {
-    (
-        format!("/api/v1{NS}/services/webapp"),
-        format!("/apis/discovery.k8s.io/v1{NS}/endpointslices"),
-        format!("/api/v1{NS}/configmaps/webapp-haproxy"),
-    )
+fn event_post() -> Expect {
+    echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events"))
 }
 
-/// The reads and the ConfigMap apply, a Deployment already rolled for the
-/// expected config, then `last`.
-fn up_to_date_and(last: Expect) -> Vec<Expect> {
-    let mut script = reads_then_config_map_apply(deployment(Some(&expected_hash())));
-    script.push(last);
-    script
+/// The ConfigMap created (it is not in the cache), then `last`.
+fn create_and(last: Expect) -> Vec<Expect> {
+    vec![echo(Method::POST, &config_maps_path()), last]
 }
 
 #[tokio::test]
-async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment() {
+async fn a_new_config_map_is_created_and_an_up_to_date_deployment_is_not_patched() {
     let hash = expected_hash();
-    let sent = run(pool(), FakeValidator(None), up_to_date_and(status_apply())).await;
-    let config_map = &sent[4].1;
+    let world = World::with(Some(deployment(Some(&hash))));
+    let sent = run(
+        pool(),
+        &world,
+        FakeValidator::accepting(),
+        create_and(status_apply()),
+    )
+    .await;
+    let config_map = &sent[0].1;
     assert_eq!(
         config_map["metadata"]["annotations"]["lbpool.dev/config-hash"],
         hash.as_str()
@@ -264,7 +382,7 @@ async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment(
         config_map["metadata"]["ownerReferences"][0]["kind"],
         "LoadBalancerPool"
     );
-    let status = &sent[5].1;
+    let status = &sent[1].1;
     assert_eq!(status["status"]["readyBackends"], 1);
     assert_eq!(condition(status, "Ready")["status"], "True");
     assert_eq!(condition(status, "RolloutPending")["status"], "False");
@@ -275,6 +393,22 @@ async fn unchanged_hash_writes_the_config_map_but_does_not_patch_the_deployment(
 }
 
 #[tokio::test]
+async fn a_config_map_that_appeared_since_the_cache_looked_is_not_taken() {
+    let world = World::with(Some(deployment(Some("sha256:old"))));
+    let exists = expect(Method::POST, &config_maps_path(), |_| {
+        (
+            StatusCode::CONFLICT,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
+                   "code": 409, "message": "configmaps \"webapp-haproxy\" already exists"}),
+        )
+    });
+    // Nothing after the refused create: no apply, no rollout, no status.
+    let (sent, action) = run_for(pool(), &world, FakeValidator::accepting(), vec![exists]).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(1)));
+}
+
+#[tokio::test]
 async fn a_pool_deleted_during_its_reconcile_is_not_an_error() {
     let status_path = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/webapp/status");
     // `run` requires the reconcile to succeed: the 404 of the status write
@@ -282,36 +416,56 @@ async fn a_pool_deleted_during_its_reconcile_is_not_an_error() {
     let gone = expect(Method::PATCH, &status_path, |_| {
         (StatusCode::NOT_FOUND, not_found("loadbalancerpools webapp"))
     });
-    let sent = run(pool(), FakeValidator(None), up_to_date_and(gone)).await;
-    assert_eq!(sent.len(), 6);
+    let world = World::with(Some(deployment(Some(&expected_hash()))));
+    let sent = run(pool(), &world, FakeValidator::accepting(), create_and(gone)).await;
+    assert_eq!(sent.len(), 2);
+}
+
+/// The rollout patch, answered with the Deployment at its new generation.
+fn rollout(claimed_by: Option<&'static str>) -> Expect {
+    expect(Method::PATCH, &deployment_path(), move |body| {
+        let mut d = deployment(
+            body["spec"]["template"]["metadata"]["annotations"]["lbpool.dev/config-hash"].as_str(),
+        );
+        if let Some(other) = claimed_by {
+            d["metadata"]["annotations"] = json!({"lbpool.dev/pool": other});
+        }
+        for (k, v) in body["metadata"]["annotations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            d["metadata"]["annotations"][k] = v.clone();
+        }
+        d["metadata"]["resourceVersion"] = json!("8");
+        // A new pod template: a new generation, not yet observed.
+        d["metadata"]["generation"] = json!(4);
+        (StatusCode::OK, d)
+    })
+}
+
+/// The ConfigMap created, the Deployment rolled, its Event, the status.
+fn create_and_roll(claimed_by: Option<&'static str>) -> Vec<Expect> {
+    vec![
+        echo(Method::POST, &config_maps_path()),
+        rollout(claimed_by),
+        event_post(),
+        status_apply(),
+    ]
 }
 
 #[tokio::test]
 async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
     let hash = expected_hash();
+    let world = World::with(Some(deployment(Some("sha256:old"))));
     let sent = run(
         pool(),
-        FakeValidator(None),
-        reads_then_config_map_apply(deployment(Some("sha256:old")))
-            .into_iter()
-            .chain([
-                expect(Method::PATCH, &deployment_path(), |body| {
-                    let mut d = deployment(
-                    body["spec"]["template"]["metadata"]["annotations"]["lbpool.dev/config-hash"]
-                        .as_str(),
-                );
-                    d["metadata"]["resourceVersion"] = json!("8");
-                    // A new pod template: a new generation, not yet observed.
-                    d["metadata"]["generation"] = json!(4);
-                    (StatusCode::OK, d)
-                }),
-                echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
-                status_apply(),
-            ])
-            .collect(),
+        &world,
+        FakeValidator::accepting(),
+        create_and_roll(None),
     )
     .await;
-    let patch = &sent[5].1;
+    let patch = &sent[1].1;
     assert_eq!(
         patch,
         &json!({"apiVersion": "apps/v1", "kind": "Deployment",
@@ -319,10 +473,10 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
                 "spec": {"template": {"metadata": {"annotations": {"lbpool.dev/config-hash": hash}}}}}),
         "only the pod-template annotation and the pool's claim are applied"
     );
-    let event = &sent[6].1;
+    let event = &sent[2].1;
     assert_eq!(event["reason"], "RolloutTriggered");
     assert_eq!(event["related"]["resourceVersion"], "8");
-    let status = &sent[7].1;
+    let status = &sent[3].1;
     assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
     // Written and rolled is not served: Ready waits for the rolling update.
     assert_eq!(condition(status, "Ready")["reason"], "RollingOut");
@@ -355,37 +509,21 @@ fn claimed_by_other() -> Value {
 
 #[tokio::test]
 async fn a_deployment_another_pool_rolls_is_left_alone_and_reported() {
-    let (svc, eps, cm) = read_path();
-    let other = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/other");
+    let mut world = World::with(Some(claimed_by_other()));
+    let mut other = serde_json::to_value(pool()).expect("pool json");
+    other["metadata"]["name"] = json!("other");
+    world.pools.push(other);
     let sent = run(
         pool(),
-        FakeValidator(None),
-        vec![
-            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
-            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-            expect(Method::GET, &cm, |_| {
-                (
-                    StatusCode::NOT_FOUND,
-                    not_found("configmaps webapp-haproxy"),
-                )
-            }),
-            expect(Method::GET, &deployment_path(), |_| {
-                (StatusCode::OK, claimed_by_other())
-            }),
-            expect(Method::GET, &other, |_| {
-                let mut p = serde_json::to_value(pool()).expect("pool json");
-                p["metadata"]["name"] = json!("other");
-                (StatusCode::OK, p)
-            }),
-            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
-            status_apply(),
-        ],
+        &world,
+        FakeValidator::accepting(),
+        vec![event_post(), status_apply()],
     )
     .await;
-    // Nothing written: no ConfigMap apply, no Deployment patch.
+    // Nothing written: no ConfigMap, no Deployment patch.
     assert_conflict(
-        &sent[5].1,
-        &sent[6].1,
+        &sent[0].1,
+        &sent[1].1,
         "DeploymentConflict",
         "rolled by LoadBalancerPool other",
     );
@@ -393,55 +531,38 @@ async fn a_deployment_another_pool_rolls_is_left_alone_and_reported() {
 
 #[tokio::test]
 async fn the_claim_of_a_deleted_pool_is_void() {
-    let other = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/other");
-    let mut script = reads_then_config_map_apply(claimed_by_other());
-    // The claimant is looked up between the Deployment read and the apply.
-    script.insert(
-        4,
-        expect(Method::GET, &other, |_| {
-            (StatusCode::NOT_FOUND, not_found("loadbalancerpools other"))
-        }),
-    );
-    script.extend([
-        expect(Method::PATCH, &deployment_path(), |body| {
-            let mut d = claimed_by_other();
-            d["metadata"]["annotations"] = body["metadata"]["annotations"].clone();
-            (StatusCode::OK, d)
-        }),
-        echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
-        status_apply(),
-    ]);
-    let sent = run(pool(), FakeValidator(None), script).await;
+    // Pool `other` is not in the cache: deleted.
+    let world = World::with(Some(claimed_by_other()));
+    let sent = run(
+        pool(),
+        &world,
+        FakeValidator::accepting(),
+        create_and_roll(Some("other")),
+    )
+    .await;
     assert_eq!(
-        sent[6].1["metadata"]["annotations"]["lbpool.dev/pool"],
+        sent[1].1["metadata"]["annotations"]["lbpool.dev/pool"],
         "webapp"
     );
 }
 
 #[tokio::test]
 async fn a_config_map_that_is_not_the_pools_is_left_alone_and_reported() {
-    let (svc, eps, cm) = read_path();
-    let status = run(
+    let mut world = World::with(Some(deployment(None)));
+    world.foreign_config_map = Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "webapp-haproxy", "namespace": "demo"},
+        "data": {"keep": "me"}}));
+    let sent = run(
         pool(),
-        FakeValidator(None),
-        vec![
-            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
-            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-            expect(Method::GET, &cm, |_| {
-                let users = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "webapp-haproxy", "namespace": "demo"},
-                    "data": {"keep": "me"}});
-                (StatusCode::OK, users)
-            }),
-            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
-            status_apply(),
-        ],
+        &world,
+        FakeValidator::accepting(),
+        vec![event_post(), status_apply()],
     )
     .await;
-    // No PATCH of the ConfigMap, no Deployment read: the script says so.
+    // No write of the ConfigMap, no Deployment patch: the script says so.
     assert_conflict(
-        &status[3].1,
-        &status[4].1,
+        &sent[0].1,
+        &sent[1].1,
         "ConfigMapConflict",
         "not created by lbpool",
     );
@@ -449,23 +570,19 @@ async fn a_config_map_that_is_not_the_pools_is_left_alone_and_reported() {
 
 #[tokio::test]
 async fn missing_service_sets_a_condition_and_leaves_the_config_map_alone() {
-    let (svc, _, _) = read_path();
+    let mut world = World::with(Some(deployment(None)));
+    world.service = None;
     let sent = run(
         pool(),
-        FakeValidator(None),
-        vec![
-            expect(Method::GET, &svc, |_| {
-                (StatusCode::NOT_FOUND, not_found("services \"webapp\""))
-            }),
-            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
-            status_apply(),
-        ],
+        &world,
+        FakeValidator::accepting(),
+        vec![event_post(), status_apply()],
     )
     .await;
-    let event = &sent[1].1;
+    let event = &sent[0].1;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "ServiceNotFound");
-    let status = &sent[2].1;
+    let status = &sent[1].1;
     let valid = condition(status, "ConfigValid");
     assert_eq!(valid["status"], "False");
     assert_eq!(valid["reason"], "ServiceNotFound");
@@ -480,21 +597,15 @@ async fn missing_service_sets_a_condition_and_leaves_the_config_map_alone() {
 
 #[tokio::test]
 async fn a_config_haproxy_rejects_is_not_published() {
-    let (svc, eps, _) = read_path();
+    let world = World::with(Some(deployment(None)));
     let sent = run(
         pool(),
-        FakeValidator(Some(
-            "[ALERT] parsing [haproxy.cfg:3] : unknown keyword 'bogus'",
-        )),
-        vec![
-            expect(Method::GET, &svc, |_| (StatusCode::OK, service())),
-            expect(Method::GET, &eps, |_| (StatusCode::OK, slices())),
-            echo(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")),
-            status_apply(),
-        ],
+        &world,
+        FakeValidator::rejecting("[ALERT] parsing [haproxy.cfg:3] : unknown keyword 'bogus'"),
+        vec![event_post(), status_apply()],
     )
     .await;
-    let valid = condition(&sent[3].1, "ConfigValid");
+    let valid = condition(&sent[1].1, "ConfigValid");
     assert_eq!(valid["reason"], "HAProxyRejected");
     assert!(
         valid["message"]
@@ -517,54 +628,149 @@ fn own_config_map(hash: &str, text: &str) -> Value {
            "data": {"haproxy.cfg": text}})
 }
 
-/// The reads of a pool whose ConfigMap exists (`config_map`) and whose
-/// Deployment runs `deployed`.
-fn reads(config_map: Value, deployed: &str) -> Vec<Expect> {
-    reads_answering((StatusCode::OK, config_map), deployment(Some(deployed)))
+/// A world whose ConfigMap holds `text` under `hash` and whose Deployment runs `deployed`.
+fn published(hash: &str, text: &str, deployed: &str) -> World {
+    let mut world = World::with(Some(deployment(Some(deployed))));
+    world.config_map = Some(own_config_map(hash, text));
+    world
 }
 
 #[tokio::test]
 async fn a_config_that_waits_for_its_rollout_is_not_written_yet() {
     // Rolled a moment ago for the old config, which the ConfigMap holds.
+    let old = "old config\n";
+    let old_hash = lbpool_controller::render::config_hash(old);
     let mut p = pool();
-    let published: lbpool_crds::LoadBalancerPoolStatus = serde_json::from_value(json!({
-        "configHash": "sha256:old", "configRevision": "old", "readyBackends": 4,
+    let status: lbpool_crds::LoadBalancerPoolStatus = serde_json::from_value(json!({
+        "configHash": old_hash, "configRevision": "old", "readyBackends": 4,
         "lastRolloutTime": jiff::Timestamp::now().to_string(),
     }))
     .expect("status");
-    p.status = Some(published);
-    let mut script = reads(own_config_map("sha256:old", "old config\n"), "sha256:old");
-    script.push(status_apply());
-    let sent = run(p, FakeValidator(None), script).await;
-    // No ConfigMap apply, no Deployment patch: the script has none.
-    let status = &sent[4].1["status"];
-    assert_eq!(status["configHash"], "sha256:old", "{status}");
+    p.status = Some(status);
+    let world = published(&old_hash, old, &old_hash);
+    let sent = run(p, &world, FakeValidator::accepting(), vec![status_apply()]).await;
+    // No ConfigMap write, no Deployment patch: the script has none.
+    let status = &sent[0].1["status"];
+    assert_eq!(status["configHash"], old_hash.as_str(), "{status}");
     assert_eq!(status["readyBackends"], 4, "still what HAProxy serves");
-    let pending = condition(&sent[4].1, "RolloutPending");
+    let pending = condition(&sent[0].1, "RolloutPending");
     assert_eq!(pending["status"], "True");
-    assert_eq!(condition(&sent[4].1, "Ready")["reason"], "RollingOut");
+    assert_eq!(condition(&sent[0].1, "Ready")["reason"], "RollingOut");
 }
 
 #[tokio::test]
-async fn nothing_is_written_when_nothing_differs() {
-    let (hash, text) = {
-        let c = expected_config();
-        (c.hash, c.text)
-    };
+async fn nothing_is_sent_when_nothing_differs() {
+    let c = expected_config();
+    let world = published(&c.hash, &c.text, &c.hash);
     // First look: the status is written once...
-    let mut script = reads(own_config_map(&hash, &text), &hash);
-    script.push(status_apply());
-    let sent = run(pool(), FakeValidator(None), script).await;
-    let status = sent[4].1["status"].clone();
-    assert_eq!(condition(&sent[4].1, "Ready")["status"], "True");
-    // ...and with that status in place, a second reconcile only reads.
-    let mut p = pool();
-    p.status = Some(serde_json::from_value(status).expect("status"));
     let sent = run(
-        p,
-        FakeValidator(None),
-        reads(own_config_map(&hash, &text), &hash),
+        pool(),
+        &world,
+        FakeValidator::accepting(),
+        vec![status_apply()],
     )
     .await;
-    assert_eq!(sent.len(), 4, "4 reads, no write");
+    let status = sent[0].1["status"].clone();
+    assert_eq!(condition(&sent[0].1, "Ready")["status"], "True");
+    // ...and with that status in place, a second reconcile sends nothing.
+    let mut p = pool();
+    p.status = Some(serde_json::from_value(status).expect("status"));
+    let sent = run(p, &world, FakeValidator::accepting(), vec![]).await;
+    assert!(sent.is_empty(), "no request at all: {sent:?}");
+}
+
+#[tokio::test]
+async fn a_config_map_edited_by_hand_is_restored() {
+    let c = expected_config();
+    // The data no longer is the config its annotation names.
+    let world = published(&c.hash, "global\n    maxconn 1\n", &c.hash);
+    let sent = run(
+        pool(),
+        &world,
+        FakeValidator::accepting(),
+        vec![echo(Method::PATCH, &config_map_path()), status_apply()],
+    )
+    .await;
+    assert_eq!(sent[0].1["data"]["haproxy.cfg"], c.text.as_str());
+}
+
+/// Two reconciles of one pool in one process: the second after the
+/// endpoints changed. Returns how many configs went to `haproxy -c`.
+async fn checks_over_an_endpoint_change(template: Option<&str>) -> usize {
+    let mut p = pool();
+    let mut script = Vec::new();
+    let template_get = format!("/api/v1{NS}/configmaps/tpl");
+    if let Some(source) = template {
+        p.spec.template = Some(lbpool_crds::TemplateRef {
+            config_map: "tpl".into(),
+            key: "haproxy.cfg.hbs".into(),
+        });
+        let source = source.to_owned();
+        let answer = move |_: &Value| {
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                    "metadata": {"name": "tpl", "namespace": "demo"},
+                                    "data": {"haproxy.cfg.hbs": source}}),
+            )
+        };
+        script.push(expect(Method::GET, &template_get, answer.clone()));
+        script.extend(create_and(status_apply()));
+        script.push(expect(Method::GET, &template_get, answer));
+    } else {
+        script.extend(create_and(status_apply()));
+    }
+    // The second reconcile finds the ConfigMap it created, with other servers.
+    script.extend([echo(Method::PATCH, &config_map_path()), status_apply()]);
+
+    // No Deployment: only the ConfigMap and the status are written.
+    let world = World::with(None);
+    let (client, server) = serve(script);
+    let (caches, mut writers) = world.caches();
+    let validator = FakeValidator::accepting();
+    let checks = validator.checks.clone();
+    let ctx = context(client, validator, caches);
+    reconcile(Arc::new(p.clone()), ctx.clone())
+        .await
+        .expect("first reconcile");
+    let text = expected_config().text;
+    let mut created: ConfigMap = serde_json::from_value(own_config_map(
+        &lbpool_controller::render::config_hash(&text),
+        &text,
+    ))
+    .expect("cm");
+    cache::slim_config_map(&mut created);
+    writers
+        .config_maps
+        .apply_watcher_event(&Event::Apply(created));
+    let mut scaled: EndpointSlice = serde_json::from_value(slice_with(&[
+        ("10.244.0.7", "webapp-1"),
+        ("10.244.0.8", "webapp-2"),
+    ]))
+    .expect("slice");
+    cache::slim_slice(&mut scaled);
+    writers.slices.apply_watcher_event(&Event::Apply(scaled));
+    reconcile(Arc::new(p), ctx.clone())
+        .await
+        .expect("second reconcile");
+    drop(ctx);
+    let sent = server.await.expect("the scripted requests");
+    assert!(
+        sent.iter().any(|(_, body)| body["data"]["haproxy.cfg"]
+            .as_str()
+            .is_some_and(|t| t.contains("10.244.0.8"))),
+        "the second config has the new server: {sent:?}"
+    );
+    checks.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn an_endpoint_change_is_not_checked_again_with_the_built_in_template() {
+    assert_eq!(checks_over_an_endpoint_change(None).await, 1);
+}
+
+#[tokio::test]
+async fn a_user_template_is_checked_whenever_its_config_changes() {
+    let template = "# {{pool.name}}\n{{#each servers}}# {{address}}\n{{/each}}";
+    assert_eq!(checks_over_an_endpoint_change(Some(template)).await, 2);
 }

@@ -86,7 +86,7 @@ async fn scaling_the_webapp_keeps_haproxy_in_step() {
     ns.keep_log(restarted.log_path());
     eventually("the new controller to start reconciling", WAIT, || async {
         let log = restarted.log_text();
-        if log.contains("pool cache synced") {
+        if log.contains("caches synced") {
             Ok(())
         } else {
             Err(log)

@@ -12,13 +12,13 @@ const SA: &str = "system:serviceaccount:lbpool-system:lbpool-controller";
 fn expected() -> BTreeSet<(String, String)> {
     [
         ("configmaps", "[get list watch create patch]"),
-        ("deployments.apps", "[get list watch patch]"),
+        ("deployments.apps", "[list watch patch]"),
         ("endpointslices.discovery.k8s.io", "[list watch]"),
         ("events.events.k8s.io", "[create patch]"),
-        ("loadbalancerpools.lbpool.dev", "[get list watch]"),
+        ("loadbalancerpools.lbpool.dev", "[list watch]"),
         ("loadbalancerpools.lbpool.dev/status", "[patch]"),
         ("namespaces", "[list watch]"),
-        ("services", "[get]"),
+        ("services", "[list watch]"),
     ]
     .into_iter()
     .map(|(r, v)| (r.to_owned(), v.to_owned()))

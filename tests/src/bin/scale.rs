@@ -4,7 +4,10 @@
 //! Deployment at 0 replicas. Starts the controller (`LBPOOL_CONTROLLER_BIN`,
 //! with its ServiceAccount's token) once everything exists and prints:
 //!
-//! - initial sync: time to the first and to the last pool `Ready`;
+//! - initial sync: time until every pool's ConfigMap is written (and its
+//!   Deployment patched: both are written together), the controller's own
+//!   work; and to the first and the last pool `Ready`, which also waits for
+//!   kube-controller-manager to roll every Deployment;
 //! - the controller's RSS and CPU seconds (its own, and its `haproxy -c`
 //!   children's);
 //! - idle: API requests and reconciles in the minute after all are Ready;
@@ -250,13 +253,21 @@ async fn main() {
     let pid = controller.pid().expect("local controller");
     let started = Instant::now();
     let mut first = None;
+    let mut written = None;
     loop {
-        let (count, earliest) = {
+        let (count, earliest, configs) = {
             let s = seen.lock().expect("seen");
-            (s.ready.len(), s.ready.values().min().copied())
+            (
+                s.ready.len(),
+                s.ready.values().min().copied(),
+                s.configs.len(),
+            )
         };
         if first.is_none() {
             first = earliest.map(|t| t.saturating_duration_since(started));
+        }
+        if written.is_none() && configs >= n {
+            written = Some(started.elapsed());
         }
         if count >= n {
             break;
@@ -269,7 +280,8 @@ async fn main() {
     let sync = started.elapsed();
     let (cpu, children) = cpu_seconds(pid);
     println!(
-        "initial sync: first pool Ready after {:.1}s, all {n} after {:.1}s; controller CPU {cpu:.1}s, haproxy -c children {children:.1}s; RSS {:.0} MiB",
+        "initial sync: every ConfigMap written after {:.1}s; first pool Ready after {:.1}s, all {n} after {:.1}s; controller CPU {cpu:.1}s, haproxy -c children {children:.1}s; RSS {:.0} MiB",
+        written.unwrap_or_default().as_secs_f64(),
         first.unwrap_or_default().as_secs_f64(),
         sync.as_secs_f64(),
         rss_mib(pid)
