@@ -31,13 +31,16 @@ pub struct Model {
 }
 
 impl Model {
-    /// This proxy with stand-ins for its servers, the part of a config
-    /// that `haproxy -c` can find fault with. Server lines are built only
-    /// from values checked here (names, addresses, ports, cookies); the
-    /// rest of each line comes from the spec, which the stand-ins share: a
-    /// ready IPv4 server and a draining IPv6 one, so every form a line can
-    /// take is checked. The injection property test shows that any server
-    /// set on a skeleton HAProxy accepts is accepted too.
+    /// This proxy with stand-ins for its servers and its name, the part of
+    /// a config that `haproxy -c` can find fault with. Server lines are
+    /// built only from values checked here (names, addresses, ports,
+    /// cookies); the rest of each line comes from the spec, which the
+    /// stand-ins share: a ready IPv4 server and a draining IPv6 one, so
+    /// every form a line can take is checked. The pool's name and namespace
+    /// (checked DNS names) appear only in a comment and the backend's name,
+    /// so pools with the same settings have the same skeleton. The
+    /// injection property test shows that any pool and server set on a
+    /// skeleton HAProxy accepts is accepted too.
     pub fn skeleton(&self) -> Model {
         let stand_in = |name: &str, address: &str, draining| Server {
             name: name.to_owned(),
@@ -47,8 +50,16 @@ impl Model {
             zone: None,
             draining,
         };
+        let pool = PoolRef {
+            name: "pool".to_owned(),
+            namespace: "namespace".to_owned(),
+        };
         Model {
-            proxy: self.proxy.clone(),
+            proxy: Proxy {
+                backend_name: format!("be_{}", pool.name),
+                pool,
+                ..self.proxy.clone()
+            },
             servers: vec![
                 stand_in("stand-in-ipv4", "192.0.2.1", false),
                 stand_in("stand-in-ipv6", "2001:db8::1", true),

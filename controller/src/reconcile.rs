@@ -9,7 +9,7 @@
 //! cannot be served keeps its last good ConfigMap and says why in its
 //! status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ use crate::validate::{ValidationError, Validator};
 const INVALID_RETRY: Duration = Duration::from_secs(15);
 /// A safety net: every pool is reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(600);
+/// How many accepted skeletons are remembered at most.
+const SKELETONS_KEPT: usize = 4096;
 /// How soon a pool is looked at again when a cache was behind a write.
 const CACHE_BEHIND_RETRY: Duration = Duration::from_secs(1);
 
@@ -53,9 +55,13 @@ pub struct Context {
     pub metrics: Metrics,
     /// What a reconcile reads instead of the API.
     pub caches: Caches,
-    /// Per pool, the hash of the last config `haproxy -c` accepted (of its
-    /// skeleton, for the built-in template): an unchanged one is not
-    /// checked again.
+    /// Hashes of the skeletons `haproxy -c` accepted (built-in template;
+    /// shared by every pool with the same settings). Bounded: emptied when
+    /// it reaches [`SKELETONS_KEPT`], so memory does not follow how many
+    /// settings were ever seen.
+    skeletons: Mutex<HashSet<String>>,
+    /// Per pool with a user template, the hash of the last config `haproxy
+    /// -c` accepted: an unchanged one is not checked again.
     validated: Mutex<HashMap<String, String>>,
     /// Consecutive failures per pool, for backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -83,6 +89,7 @@ impl Context {
             reporter,
             metrics,
             caches,
+            skeletons: Mutex::default(),
             validated: Mutex::default(),
             failures: Mutex::default(),
             rollouts: Mutex::default(),
@@ -409,9 +416,11 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
 
 /// Runs `haproxy -c` where it can fail. For the built-in template that is
 /// the config's skeleton ([`Model::skeleton`]): server lines are built from
-/// values the model has checked, so a change of endpoints alone is not
-/// checked again. A user template may use the servers in any way; its
-/// whole config is checked whenever it changes.
+/// values the model has checked and the pool's name is a checked DNS name,
+/// so a skeleton accepted once stands for every pool with those settings
+/// and every server set: a change of endpoints alone is not checked again.
+/// A user template may use the servers in any way; its whole config is
+/// checked whenever it changes.
 async fn validate(
     ctx: &Context,
     pool_key: &str,
@@ -423,16 +432,32 @@ async fn validate(
     let checked = match template {
         Template::BuiltIn => {
             skeleton = ctx.renderer.render(template, &model.skeleton())?;
+            if lock(&ctx.skeletons).contains(&skeleton.hash) {
+                return Ok(());
+            }
             &skeleton
         }
-        Template::User { .. } => config,
+        Template::User { .. } => {
+            if lock(&ctx.validated).get(pool_key) == Some(&config.hash) {
+                return Ok(());
+            }
+            config
+        }
     };
-    if lock(&ctx.validated).get(pool_key) == Some(&checked.hash) {
-        return Ok(());
-    }
     match ctx.validator.check(&checked.text).await {
         Ok(()) => {
-            lock(&ctx.validated).insert(pool_key.to_owned(), checked.hash.clone());
+            match template {
+                Template::BuiltIn => {
+                    let mut accepted = lock(&ctx.skeletons);
+                    if accepted.len() >= SKELETONS_KEPT {
+                        accepted.clear();
+                    }
+                    accepted.insert(checked.hash.clone());
+                }
+                Template::User { .. } => {
+                    lock(&ctx.validated).insert(pool_key.to_owned(), checked.hash.clone());
+                }
+            }
             Ok(())
         }
         Err(ValidationError::Rejected(message)) => Err(InvalidPool::new(

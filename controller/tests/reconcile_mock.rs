@@ -774,3 +774,41 @@ async fn a_user_template_is_checked_whenever_its_config_changes() {
     let template = "# {{pool.name}}\n{{#each servers}}# {{address}}\n{{/each}}";
     assert_eq!(checks_over_an_endpoint_change(Some(template)).await, 2);
 }
+
+#[tokio::test]
+async fn pools_with_the_same_settings_share_one_check() {
+    let mut other = pool();
+    other.metadata.name = Some("other".into());
+    other.metadata.uid = Some("00000000-0000-0000-0000-000000000002".into());
+    let other_status = format!("/apis/lbpool.dev/v1alpha1{NS}/loadbalancerpools/other/status");
+    let script = vec![
+        echo(Method::POST, &config_maps_path()),
+        status_apply(),
+        echo(Method::POST, &config_maps_path()),
+        expect(Method::PATCH, &other_status, |body| {
+            let mut p = serde_json::to_value(pool()).expect("pool json");
+            p["metadata"]["name"] = json!("other");
+            p["status"] = body["status"].clone();
+            (StatusCode::OK, p)
+        }),
+    ];
+    let mut world = World::with(None);
+    world
+        .pools
+        .push(serde_json::to_value(&other).expect("pool json"));
+    let (client, server) = serve(script);
+    let (caches, _writers) = world.caches();
+    let validator = FakeValidator::accepting();
+    let checks = validator.checks.clone();
+    let ctx = context(client, validator, caches);
+    reconcile(Arc::new(pool()), ctx.clone())
+        .await
+        .expect("webapp");
+    reconcile(Arc::new(other), ctx.clone())
+        .await
+        .expect("other");
+    drop(ctx);
+    let sent = server.await.expect("the scripted requests");
+    assert_eq!(sent[2].1["metadata"]["name"], "other-haproxy");
+    assert_eq!(checks.load(Ordering::Relaxed), 1, "one skeleton, one check");
+}
