@@ -1,0 +1,174 @@
+//! PURE: the parts of an haproxy.cfg the agent acts on.
+//!
+//! A config is split into its `server` lines, backend by backend, and
+//! everything else (the skeleton, server lines left out). Two configs with
+//! the same skeleton differ only in servers, which the Runtime API can
+//! change; any other difference needs a reload.
+
+use std::collections::BTreeMap;
+
+/// Keywords that open a section.
+const SECTIONS: &[&str] = &[
+    "global",
+    "defaults",
+    "frontend",
+    "backend",
+    "listen",
+    "resolvers",
+    "peers",
+    "userlist",
+    "mailers",
+    "program",
+    "http-errors",
+    "ring",
+    "cache",
+];
+
+/// A config as the agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Every line but the server lines of backends, in order.
+    pub skeleton: String,
+    /// Backends (and `listen` sections) by name, with their servers.
+    pub backends: BTreeMap<String, Backend>,
+}
+
+/// The servers of one backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// The words after `default-server`, if the section has one.
+    pub default_server: Vec<String>,
+    pub servers: BTreeMap<String, Server>,
+    /// A server line the agent cannot read word by word (quotes, escapes,
+    /// a comment, a repeated name): the backend's servers are left to a
+    /// reload.
+    pub unreadable: Option<String>,
+}
+
+/// One `server <name> <address> [options]` line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// As written, e.g. `10.0.0.7:3000` or `ipv6@2001:db8::7:3000`.
+    pub address: String,
+    /// The options after the address, word by word.
+    pub options: Vec<String>,
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Self {
+        let mut config = Config::default();
+        // The backend whose lines these are, if any.
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.first() {
+                Some(first) if SECTIONS.contains(first) => {
+                    current = matches!(*first, "backend" | "listen")
+                        .then(|| words.get(1).map(|n| (*n).to_owned()))
+                        .flatten();
+                    if let Some(name) = &current {
+                        config.backends.entry(name.clone()).or_default();
+                    }
+                }
+                Some(&"server") if current.is_some() => {
+                    let backend = current
+                        .as_ref()
+                        .and_then(|name| config.backends.get_mut(name))
+                        .expect("the current backend was entered");
+                    read_server(backend, line, &words);
+                    continue;
+                }
+                Some(&"default-server") => {
+                    if let Some(backend) = current.as_ref().and_then(|n| config.backends.get_mut(n))
+                    {
+                        backend.default_server =
+                            words[1..].iter().map(|w| (*w).to_owned()).collect();
+                    }
+                }
+                _ => {}
+            }
+            config.skeleton.push_str(line);
+            config.skeleton.push('\n');
+        }
+        config
+    }
+}
+
+fn read_server(backend: &mut Backend, line: &str, words: &[&str]) {
+    let plain = !line.contains(['"', '\'', '\\', '#']);
+    match (plain, words) {
+        (true, [_, name, address, options @ ..]) if !backend.servers.contains_key(*name) => {
+            backend.servers.insert(
+                (*name).to_owned(),
+                Server {
+                    address: (*address).to_owned(),
+                    options: options.iter().map(|o| (*o).to_owned()).collect(),
+                },
+            );
+        }
+        _ => {
+            backend
+                .unreadable
+                .get_or_insert_with(|| line.trim().to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = "\
+global
+    maxconn 4096
+
+defaults
+    mode http
+
+frontend fe_http
+    bind :8080
+    default_backend be_web
+
+backend be_web
+    default-server inter 2s rise 2 fall 3
+    balance roundrobin
+    server web-1 10.244.0.7:3000 check
+    server web-2 ipv6@2001:db8::7:3000 check weight 0
+";
+
+    #[test]
+    fn server_lines_are_read_and_left_out_of_the_skeleton() {
+        let c = Config::parse(CFG);
+        let be = &c.backends["be_web"];
+        assert_eq!(be.default_server, ["inter", "2s", "rise", "2", "fall", "3"]);
+        assert_eq!(be.servers.len(), 2);
+        assert_eq!(be.servers["web-2"].address, "ipv6@2001:db8::7:3000");
+        assert_eq!(be.servers["web-2"].options, ["check", "weight", "0"]);
+        assert!(!c.skeleton.contains("server web-"), "{}", c.skeleton);
+        assert!(c.skeleton.contains("default-server inter 2s"));
+        assert!(be.unreadable.is_none());
+        // Another server set, the same skeleton.
+        let other = Config::parse(&CFG.replace("10.244.0.7", "10.244.0.9"));
+        assert_eq!(other.skeleton, c.skeleton);
+        assert_ne!(other.backends, c.backends);
+    }
+
+    #[test]
+    fn a_line_the_agent_cannot_read_marks_the_backend() {
+        let c = Config::parse(&format!("{CFG}    server \"odd name\" 10.0.0.1:80\n"));
+        assert!(c.backends["be_web"].unreadable.is_some());
+        let twice = Config::parse(&format!("{CFG}    server web-1 10.0.0.1:80\n"));
+        assert!(
+            twice.backends["be_web"].unreadable.is_some(),
+            "a repeated name"
+        );
+    }
+
+    #[test]
+    fn servers_outside_a_backend_stay_in_the_skeleton() {
+        // `server` in a resolvers or peers section is not a backend server.
+        let c = Config::parse("peers p\n    server a 10.0.0.1:1024\n");
+        assert!(c.backends.is_empty());
+        assert!(c.skeleton.contains("server a"));
+    }
+}

@@ -1,0 +1,16 @@
+//! The in-place agent's core: what a new haproxy.cfg changes in a running
+//! HAProxy, and how to apply it without restarting it.
+//!
+//! - [`config`] (pure) reads the parts of a config the agent acts on: the
+//!   `server` lines of each backend, and everything else as one text.
+//! - [`plan`] (pure) compares the config HAProxy runs with the next one: a
+//!   change of server lines only is applied through the Runtime API (add,
+//!   drain, delete, weight), anything else by a seamless reload.
+//! - [`runtime`] speaks HAProxy's Runtime API and master CLI over their
+//!   UNIX sockets.
+#![deny(warnings, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod plan;
+pub mod runtime;

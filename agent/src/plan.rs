@@ -1,0 +1,282 @@
+//! PURE: how to go from the config HAProxy runs to the next one.
+//!
+//! Only the server lines changed: Runtime API commands, no reload. New
+//! servers come first (capacity before removal), then weights (a draining
+//! server's `weight 0`), then removals. HAProxy 2.6 creates a server at
+//! runtime only with some options (no `cookie`, for one); a change it
+//! cannot make that way is a seamless reload, like any change outside the
+//! server lines.
+
+use crate::config::{Backend, Config, Server};
+
+/// What applying a config takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The same config.
+    Noop,
+    /// Server changes the Runtime API makes, in this order.
+    Runtime(Vec<Change>),
+    /// A reload, and why.
+    Reload(String),
+}
+
+/// One server change through the Runtime API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `add server`, then health checks and traffic enabled. `options`
+    /// are the backend's `default-server` options followed by the
+    /// server's own: a server added at runtime does not inherit them.
+    Add {
+        backend: String,
+        server: String,
+        address: String,
+        options: Vec<String>,
+    },
+    /// `set server … weight`.
+    Weight {
+        backend: String,
+        server: String,
+        weight: String,
+    },
+    /// Into maintenance (no new connection), then `del server` once its
+    /// connections are done.
+    Remove { backend: String, server: String },
+}
+
+/// Options a server created at runtime accepts (each with its value, if
+/// it takes one), of those lbpool's configs use.
+const RUNTIME_OPTIONS: &[(&str, bool)] = &[
+    ("check", false),
+    ("inter", true),
+    ("fastinter", true),
+    ("downinter", true),
+    ("rise", true),
+    ("fall", true),
+    ("weight", true),
+    ("maxconn", true),
+];
+
+/// HAProxy's weight of a server whose line names none.
+const DEFAULT_WEIGHT: &str = "1";
+
+/// The plan from `running` to `next`.
+pub fn plan(running: &Config, next: &Config) -> Plan {
+    if running == next {
+        return Plan::Noop;
+    }
+    if running.skeleton != next.skeleton {
+        return Plan::Reload("the config changed outside its server lines".into());
+    }
+    let mut adds = Vec::new();
+    let mut weights = Vec::new();
+    let mut removes = Vec::new();
+    for (name, next_backend) in &next.backends {
+        let Some(running_backend) = running.backends.get(name) else {
+            return Plan::Reload(format!("backend {name} is new"));
+        };
+        if let Some(line) = next_backend
+            .unreadable
+            .as_ref()
+            .or(running_backend.unreadable.as_ref())
+        {
+            return Plan::Reload(format!("backend {name}: cannot read {line:?}"));
+        }
+        if let Err(reason) = diff(
+            name,
+            running_backend,
+            next_backend,
+            &mut adds,
+            &mut weights,
+            &mut removes,
+        ) {
+            return Plan::Reload(reason);
+        }
+    }
+    if running.backends.len() != next.backends.len() {
+        return Plan::Reload("a backend was removed".into());
+    }
+    let changes: Vec<Change> = adds.into_iter().chain(weights).chain(removes).collect();
+    if changes.is_empty() {
+        Plan::Noop
+    } else {
+        Plan::Runtime(changes)
+    }
+}
+
+fn diff(
+    backend: &str,
+    running: &Backend,
+    next: &Backend,
+    adds: &mut Vec<Change>,
+    weights: &mut Vec<Change>,
+    removes: &mut Vec<Change>,
+) -> Result<(), String> {
+    for (server, wanted) in &next.servers {
+        match running.servers.get(server) {
+            None => {
+                let options: Vec<String> = next
+                    .default_server
+                    .iter()
+                    .chain(&wanted.options)
+                    .cloned()
+                    .collect();
+                runtime_options(&options).map_err(|o| {
+                    format!("server {backend}/{server}: option {o:?} cannot be set at runtime")
+                })?;
+                adds.push(Change::Add {
+                    backend: backend.to_owned(),
+                    server: server.clone(),
+                    address: wanted.address.clone(),
+                    options,
+                });
+            }
+            Some(have) if have == wanted => {}
+            Some(have) => {
+                if without_weight(have) != without_weight(wanted) || have.address != wanted.address
+                {
+                    return Err(format!(
+                        "server {backend}/{server} changed beyond its weight"
+                    ));
+                }
+                weights.push(Change::Weight {
+                    backend: backend.to_owned(),
+                    server: server.clone(),
+                    weight: weight(wanted).unwrap_or(DEFAULT_WEIGHT).to_owned(),
+                });
+            }
+        }
+    }
+    for server in running.servers.keys() {
+        if !next.servers.contains_key(server) {
+            removes.push(Change::Remove {
+                backend: backend.to_owned(),
+                server: server.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `Err(option)` for the first option a runtime server does not take.
+fn runtime_options(options: &[String]) -> Result<(), String> {
+    let mut words = options.iter();
+    while let Some(word) = words.next() {
+        match RUNTIME_OPTIONS.iter().find(|(name, _)| name == word) {
+            Some((_, true)) => {
+                words.next().ok_or_else(|| word.clone())?;
+            }
+            Some((_, false)) => {}
+            None => return Err(word.clone()),
+        }
+    }
+    Ok(())
+}
+
+fn weight(server: &Server) -> Option<&str> {
+    let at = server.options.iter().position(|o| o == "weight")?;
+    server.options.get(at + 1).map(String::as_str)
+}
+
+/// The options without `weight <w>`.
+fn without_weight(server: &Server) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut words = server.options.iter();
+    while let Some(w) = words.next() {
+        if w == "weight" {
+            words.next();
+        } else {
+            out.push(w.as_str());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(servers: &[&str]) -> Config {
+        let mut text = String::from(
+            "global\n    maxconn 100\nbackend be_web\n    default-server inter 2s rise 2 fall 3\n    balance roundrobin\n",
+        );
+        for s in servers {
+            text.push_str("    server ");
+            text.push_str(s);
+            text.push('\n');
+        }
+        Config::parse(&text)
+    }
+
+    #[test]
+    fn the_same_config_needs_nothing() {
+        let c = cfg(&["a 10.0.0.1:80 check"]);
+        assert_eq!(plan(&c, &c.clone()), Plan::Noop);
+    }
+
+    #[test]
+    fn servers_added_and_removed_are_runtime_changes_adds_first() {
+        let running = cfg(&["a 10.0.0.1:80 check", "b 10.0.0.2:80 check"]);
+        let next = cfg(&["b 10.0.0.2:80 check", "c ipv6@2001:db8::3:80 check"]);
+        assert_eq!(
+            plan(&running, &next),
+            Plan::Runtime(vec![
+                Change::Add {
+                    backend: "be_web".into(),
+                    server: "c".into(),
+                    address: "ipv6@2001:db8::3:80".into(),
+                    options: ["inter", "2s", "rise", "2", "fall", "3", "check"]
+                        .map(String::from)
+                        .to_vec(),
+                },
+                Change::Remove {
+                    backend: "be_web".into(),
+                    server: "a".into()
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn a_draining_server_is_a_weight_change() {
+        let running = cfg(&["a 10.0.0.1:80 check"]);
+        let draining = cfg(&["a 10.0.0.1:80 check weight 0"]);
+        let weight = |w: &str| {
+            Plan::Runtime(vec![Change::Weight {
+                backend: "be_web".into(),
+                server: "a".into(),
+                weight: w.into(),
+            }])
+        };
+        assert_eq!(plan(&running, &draining), weight("0"));
+        assert_eq!(plan(&draining, &running), weight("1"));
+    }
+
+    #[test]
+    fn what_the_runtime_api_cannot_do_is_a_reload() {
+        let running = cfg(&["a 10.0.0.1:80 check"]);
+        let reload = |next: &Config| matches!(plan(&running, next), Plan::Reload(_));
+        // HAProxy 2.6 refuses `cookie` on a server added at runtime.
+        assert!(reload(&cfg(&[
+            "a 10.0.0.1:80 check",
+            "b 10.0.0.2:80 check cookie b"
+        ])));
+        // The same name at another address.
+        assert!(reload(&cfg(&["a 10.0.0.9:80 check"])));
+        // Anything outside the server lines.
+        let mut options = running.clone();
+        options.skeleton = options.skeleton.replace("maxconn 100", "maxconn 200");
+        assert!(reload(&options));
+        // An option missing its value.
+        assert!(reload(&cfg(&[
+            "a 10.0.0.1:80 check",
+            "b 10.0.0.2:80 inter"
+        ])));
+    }
+
+    #[test]
+    fn an_empty_backend_is_a_runtime_change_too() {
+        let running = cfg(&["a 10.0.0.1:80 check"]);
+        assert!(matches!(plan(&running, &cfg(&[])), Plan::Runtime(c) if c.len() == 1));
+        assert!(matches!(plan(&cfg(&[]), &running), Plan::Runtime(c) if c.len() == 1));
+    }
+}

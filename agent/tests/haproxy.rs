@@ -1,0 +1,207 @@
+//! The agent's plans applied to a real HAProxy in master-worker mode:
+//! server changes through the Runtime API with no reload, anything else by
+//! a seamless reload through the master CLI.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lbpool_agent::config::Config;
+use lbpool_agent::plan::{Plan, plan};
+use lbpool_agent::runtime::{self, Socket};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An HTTP server that answers every request with `name`.
+async fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn config(dir: &Path, port: u16, maxconn: u32, servers: &[(&str, SocketAddr)]) -> String {
+    let mut text = format!(
+        "global\n    maxconn {maxconn}\n    stats socket {}/admin.sock mode 600 level admin expose-fd listeners\n\
+defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
+frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be_web\n\
+backend be_web\n    default-server inter 1s rise 1 fall 2\n    balance roundrobin\n",
+        dir.display()
+    );
+    for (name, addr) in servers {
+        text.push_str(&format!("    server {name} {addr} check\n"));
+    }
+    text
+}
+
+/// HAProxy in master-worker mode; killed on drop.
+struct Haproxy {
+    child: Child,
+    master: Socket,
+    admin: Socket,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(dir: &Path, cfg: &Path) -> Haproxy {
+    let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
+    let master = dir.join("master.sock");
+    let child = Command::new(&bin)
+        .arg("-W")
+        .arg("-S")
+        .arg(&master)
+        .arg("-f")
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test runs the real HAProxy ({bin}): {e}; install it (apt-get install haproxy) or set HAPROXY_BIN"));
+    let h = Haproxy {
+        child,
+        master: Socket::new(master),
+        admin: Socket::new(dir.join("admin.sock")),
+    };
+    wait("HAProxy's sockets", || async {
+        runtime::processes(&h.master)
+            .await
+            .is_ok_and(|p| !p.workers.is_empty())
+            && h.admin.send("show info").await.is_ok()
+    })
+    .await;
+    h
+}
+
+async fn wait<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request through HAProxy; the body (the backend's name).
+async fn get(port: u16) -> String {
+    let mut conn = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to HAProxy");
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.expect("answer");
+    answer
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn write(path: &PathBuf, text: &str) {
+    std::fs::write(path, text).expect("write the config");
+}
+
+#[tokio::test]
+async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (backend("a").await, backend("b").await);
+    let port = free_port();
+    let file = dir.path().join("haproxy.cfg");
+    let v1 = config(dir.path(), port, 100, &[("a", a)]);
+    write(&file, &v1);
+    let haproxy = start(dir.path(), &file).await;
+    let before = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    assert_eq!(get(port).await, "a");
+
+    // Scale: b added, a removed; through the Runtime API.
+    let v2 = config(dir.path(), port, 100, &[("b", b)]);
+    let Plan::Runtime(changes) = plan(&Config::parse(&v1), &Config::parse(&v2)) else {
+        panic!("a server change is a runtime change");
+    };
+    let applied = runtime::apply(&haproxy.admin, &changes)
+        .await
+        .expect("apply");
+    assert!(
+        applied.draining.is_empty(),
+        "a had no connection: deleted at once"
+    );
+    write(&file, &v2);
+    let state = runtime::servers(&haproxy.admin, "be_web")
+        .await
+        .expect("servers");
+    assert_eq!(state.len(), 1, "{state:?}");
+    assert_eq!((state[0].server.as_str(), state[0].port), ("b", b.port()));
+    wait("b to be live", || async {
+        runtime::servers(&haproxy.admin, "be_web")
+            .await
+            .is_ok_and(|s| s.iter().all(|s| s.live()))
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(port).await, "b");
+    }
+    let after = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    assert_eq!(after.reloads, before.reloads, "no reload");
+    assert_eq!(after.workers, before.workers, "the same worker");
+
+    // Anything else: a reload, seamless; the new worker loads the file.
+    let v3 = config(dir.path(), port, 200, &[("b", b)]);
+    assert!(matches!(
+        plan(&Config::parse(&v2), &Config::parse(&v3)),
+        Plan::Reload(_)
+    ));
+    write(&file, &v3);
+    runtime::reload(&haproxy.master).await.expect("reload");
+    wait("the new worker", || async {
+        runtime::processes(&haproxy.master)
+            .await
+            .is_ok_and(|p| p.reloads == before.reloads + 1 && p.workers != before.workers)
+    })
+    .await;
+    wait("the admin socket of the new worker", || async {
+        haproxy
+            .admin
+            .send("show info")
+            .await
+            .is_ok_and(|i| i.contains("Maxconn: 200"))
+    })
+    .await;
+    assert_eq!(get(port).await, "b");
+}
