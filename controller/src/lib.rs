@@ -20,6 +20,7 @@ pub mod model;
 pub mod reconcile;
 pub mod render;
 pub mod run;
+pub mod strategy;
 pub mod triggers;
 pub mod validate;
 

@@ -28,11 +28,12 @@ use tracing::{debug, info, warn};
 
 use crate::cache::Caches;
 use crate::conditions::reason;
-use crate::desired::{self, DeploymentState, MANAGER, Rollout};
+use crate::desired::{self, DeploymentState, MANAGER};
 use crate::error::{Context as _, Error};
 use crate::metrics::{Metrics, UpdateKind};
 use crate::model::{self, InvalidPool, Model};
 use crate::render::{RenderedConfig, Renderer, Template};
+use crate::strategy::{ConfigMapNow, ConfigMapWrite, Found, Strategy};
 use crate::validate::{ValidationError, Validator};
 
 /// How often an invalid pool is looked at again even without a change: a
@@ -300,11 +301,11 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
 }
 
 /// The pool's ConfigMap, as the caches know it.
-enum ConfigMapNow {
+enum Cached {
     /// No ConfigMap of that name: it is created.
     Missing,
     /// This pool's, as cached (no data; see [`crate::cache::slim_config_map`]).
-    Cached(Arc<ConfigMap>),
+    Generated(Arc<ConfigMap>),
     /// This pool's by its ownerReference, but not among the generated
     /// ConfigMaps (its label was removed): it is applied again.
     Unlabelled,
@@ -315,7 +316,8 @@ struct Prepared {
     model: Model,
     config: RenderedConfig,
     min_interval: Duration,
-    config_map: ConfigMapNow,
+    config_map: Cached,
+    strategy: Strategy,
     /// The HAProxy Deployment, if it exists (not claimed by another pool).
     deployment: Option<Arc<Deployment>>,
 }
@@ -391,9 +393,9 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
         cm_meta,
         caches.config_maps.get(&ObjectRef::new(&cm_name).within(ns)),
     ) {
-        (None, _) => ConfigMapNow::Missing,
-        (Some(_), Some(cached)) => ConfigMapNow::Cached(cached),
-        (Some(_), None) => ConfigMapNow::Unlabelled,
+        (None, _) => Cached::Missing,
+        (Some(_), Some(cached)) => Cached::Generated(cached),
+        (Some(_), None) => Cached::Unlabelled,
     };
     let deployment = caches
         .deployments
@@ -410,6 +412,7 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
         config,
         min_interval,
         config_map,
+        strategy: Strategy::default(),
         deployment,
     })
 }
@@ -472,8 +475,8 @@ async fn validate(
     }
 }
 
-/// Steps 5-7: the ConfigMap and the Deployment annotation together, then
-/// the status.
+/// Steps 5-7: what the reload strategy asks for (the ConfigMap, the
+/// Deployment annotation), then the status.
 ///
 /// The ConfigMap always holds the config the Deployment's annotation names:
 /// a config that waits for `rollout.minInterval` is not written until its
@@ -499,21 +502,25 @@ async fn publish(
         .and_then(|s| s.last_rollout_time.as_ref())
         .map(|t| t.0);
     let last_rollout = recorded.max(lock(&ctx.rollouts).get(&pool_key).copied());
-    let decision = p.deployment.as_ref().map(|d| {
-        desired::decide_rollout(
-            desired::deployed_hash(d),
-            &p.config.hash,
-            last_rollout,
-            now,
-            p.min_interval,
-        )
-    });
     let wanted = desired::config_map(pool, &p.config);
+    let step = p.strategy.step(&Found {
+        config_map: match &p.config_map {
+            Cached::Missing => ConfigMapNow::Missing,
+            Cached::Generated(existing) if desired::config_map_current(existing, &wanted) => {
+                ConfigMapNow::Current
+            }
+            Cached::Generated(_) | Cached::Unlabelled => ConfigMapNow::Stale,
+        },
+        deployed: p.deployment.as_deref().map(desired::deployed_hash),
+        wanted: &p.config.hash,
+        last_rollout,
+        now,
+        min_interval: p.min_interval,
+    });
     let cm_name = pool.config_map_name();
-    let write_config_map = match (&p.config_map, decision) {
-        (ConfigMapNow::Missing, _) => {
-            // Created, not applied: a ConfigMap of that name that appeared
-            // since the cache looked fails the create instead of being taken.
+    match step.config_map {
+        ConfigMapWrite::Keep => {}
+        ConfigMapWrite::Create => {
             let created = apis
                 .config_maps
                 .create(
@@ -531,29 +538,21 @@ async fn publish(
                 }
                 other => other.during(|| format!("create ConfigMap {ns}/{cm_name}"))?,
             };
-            true
         }
-        // Rate-limited: the ConfigMap keeps the config the pods run.
-        (_, Some(Rollout::Wait(_))) => false,
-        (ConfigMapNow::Cached(existing), _) if desired::config_map_current(existing, &wanted) => {
-            false
-        }
-        (ConfigMapNow::Cached(_) | ConfigMapNow::Unlabelled, _) => {
+        ConfigMapWrite::Apply => {
             apis.config_maps
                 .patch(&cm_name, &apply, &Patch::Apply(wanted))
                 .await
                 .during(|| format!("apply ConfigMap {ns}/{cm_name}"))?;
-            true
         }
-    };
+    }
+    let write_config_map = step.config_map != ConfigMapWrite::Keep;
 
     // What HAProxy serves, for the status: the Deployment as read, or as the
     // rollout patch returned it.
     let mut served = p.deployment.as_deref().map(desired::served);
-    let state = match (&p.deployment, decision) {
-        (Some(_), Some(Rollout::UpToDate)) => DeploymentState::UpToDate,
-        (Some(_), Some(Rollout::Wait(wait))) => DeploymentState::Pending { wait },
-        (Some(d), Some(Rollout::Now)) => {
+    let state = match (&p.deployment, step.roll) {
+        (Some(d), true) => {
             let deployed = desired::deployed_hash(d).map(str::to_owned);
             let patched = apis
                 .deployments
@@ -584,11 +583,11 @@ async fn publish(
                 resource_version: patched.resource_version(),
                 ..patched.object_ref(&())
             });
-            publish_event(ctx, pool, ev).await;
+            publish_event(ctx, pool, ev);
             served = Some(desired::served(&patched));
             DeploymentState::Rolled { at: rolled_at }
         }
-        _ => DeploymentState::Missing,
+        _ => step.state,
     };
     ctx.metrics.update(match (&state, write_config_map) {
         (DeploymentState::Rolled { .. }, _) => UpdateKind::Rolled,
@@ -612,8 +611,7 @@ async fn publish(
             ctx,
             pool,
             event(EventType::Normal, "ConfigValid", "Render", note),
-        )
-        .await;
+        );
     }
     let status = desired::published_status(
         pool,
@@ -641,10 +639,10 @@ async fn publish(
     })
 }
 
-fn cached_hash(cm: &ConfigMapNow) -> Option<&str> {
+fn cached_hash(cm: &Cached) -> Option<&str> {
     match cm {
-        ConfigMapNow::Cached(cm) => desired::published_hash(cm),
-        ConfigMapNow::Missing | ConfigMapNow::Unlabelled => None,
+        Cached::Generated(cm) => desired::published_hash(cm),
+        Cached::Missing | Cached::Unlabelled => None,
     }
 }
 
@@ -680,7 +678,7 @@ async fn report_invalid(
             "Render",
             invalid.message.clone(),
         );
-        publish_event(ctx, pool, ev).await;
+        publish_event(ctx, pool, ev);
     }
     let status =
         desired::invalid_status(pool, invalid, &Time(whole_second_before(Timestamp::now())));
@@ -728,20 +726,25 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
     }
 }
 
-/// Events are best effort: a failure to record one is logged, not retried.
-async fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
+/// Events are best effort: sent beside the reconcile, which does not wait
+/// for them (a rollout's Event would otherwise add a round trip to every
+/// change); a failure to record one is logged, not retried.
+fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
     // A recorder per Event: kube's keeps every Event it sent for 6 minutes
     // to count repeats, and lbpool says each thing once (a new reason, a
     // rollout of a new Deployment version), so there is nothing to count,
     // and memory must not hold the Events of pools long deleted.
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    match recorder.publish(&ev, &pool.object_ref(&())).await {
-        Ok(()) => {}
-        Err(e) if crate::error::namespace_terminating(&e) => {
-            debug!(pool = %key(pool), "no Event: the namespace is being deleted");
+    let (reference, pool) = (pool.object_ref(&()), key(pool));
+    tokio::spawn(async move {
+        match recorder.publish(&ev, &reference).await {
+            Ok(()) => {}
+            Err(e) if crate::error::namespace_terminating(&e) => {
+                debug!(pool = %pool, "no Event: the namespace is being deleted");
+            }
+            Err(e) => warn!(pool = %pool, error = %e, "could not record an Event"),
         }
-        Err(e) => warn!(pool = %key(pool), error = %e, "could not record an Event"),
-    }
+    });
 }
 
 #[cfg(test)]

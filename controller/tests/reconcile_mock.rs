@@ -195,13 +195,20 @@ fn serve(script: Vec<Expect>) -> (Client, tokio::task::JoinHandle<Vec<(String, V
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         let mut sent = Vec::new();
-        let mut script = script.into_iter();
+        let mut script = script;
         while let Some((request, respond)) = handle.next_request().await {
             let (parts, body) = request.into_parts();
             let path = parts.uri.path().to_owned();
             let bytes = body.collect_bytes().await.expect("request body");
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let Some(next) = script.next() else {
+            // Events go out beside the reconcile, in no fixed order with
+            // its other requests: one is matched to the first Event the
+            // script still expects.
+            let is_event = |p: &str| p.ends_with("/events");
+            let at = script
+                .iter()
+                .position(|e| is_event(&e.path) == is_event(&path));
+            let Some(next) = at.map(|i| script.remove(i)) else {
                 panic!("unexpected request {} {path}", parts.method);
             };
             assert_eq!(
@@ -217,7 +224,10 @@ fn serve(script: Vec<Expect>) -> (Client, tokio::task::JoinHandle<Vec<(String, V
                 .expect("response");
             respond.send_response(response);
         }
-        let rest: Vec<String> = script.map(|e| format!("{} {}", e.method, e.path)).collect();
+        let rest: Vec<String> = script
+            .iter()
+            .map(|e| format!("{} {}", e.method, e.path))
+            .collect();
         assert!(rest.is_empty(), "requests never made: {rest:?}");
         sent
     });
@@ -473,14 +483,23 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
                 "spec": {"template": {"metadata": {"annotations": {"lbpool.dev/config-hash": hash}}}}}),
         "only the pod-template annotation and the pool's claim are applied"
     );
-    let event = &sent[2].1;
+    let event = sent_to(&sent, "/events");
     assert_eq!(event["reason"], "RolloutTriggered");
     assert_eq!(event["related"]["resourceVersion"], "8");
-    let status = &sent[3].1;
+    let status = sent_to(&sent, "/status");
     assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
     // Written and rolled is not served: Ready waits for the rolling update.
     assert_eq!(condition(status, "Ready")["reason"], "RollingOut");
     assert_eq!(status["status"]["haproxy"]["replicas"], 2);
+}
+
+/// The body of the one request sent to a path ending in `suffix`.
+fn sent_to<'a>(sent: &'a [(String, Value)], suffix: &str) -> &'a Value {
+    let mut found = sent.iter().filter(|(req, _)| req.ends_with(suffix));
+    let (Some((_, body)), None) = (found.next(), found.next()) else {
+        panic!("not one request to …{suffix}: {sent:?}");
+    };
+    body
 }
 
 /// One Warning Event and `ConfigValid=False` with `reason`, saying `says`.
@@ -522,8 +541,8 @@ async fn a_deployment_another_pool_rolls_is_left_alone_and_reported() {
     .await;
     // Nothing written: no ConfigMap, no Deployment patch.
     assert_conflict(
-        &sent[0].1,
-        &sent[1].1,
+        sent_to(&sent, "/events"),
+        sent_to(&sent, "/status"),
         "DeploymentConflict",
         "rolled by LoadBalancerPool other",
     );
@@ -561,8 +580,8 @@ async fn a_config_map_that_is_not_the_pools_is_left_alone_and_reported() {
     .await;
     // No write of the ConfigMap, no Deployment patch: the script says so.
     assert_conflict(
-        &sent[0].1,
-        &sent[1].1,
+        sent_to(&sent, "/events"),
+        sent_to(&sent, "/status"),
         "ConfigMapConflict",
         "not created by lbpool",
     );
@@ -579,10 +598,10 @@ async fn missing_service_sets_a_condition_and_leaves_the_config_map_alone() {
         vec![event_post(), status_apply()],
     )
     .await;
-    let event = &sent[0].1;
+    let event = sent_to(&sent, "/events");
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "ServiceNotFound");
-    let status = &sent[1].1;
+    let status = sent_to(&sent, "/status");
     let valid = condition(status, "ConfigValid");
     assert_eq!(valid["status"], "False");
     assert_eq!(valid["reason"], "ServiceNotFound");
@@ -605,7 +624,7 @@ async fn a_config_haproxy_rejects_is_not_published() {
         vec![event_post(), status_apply()],
     )
     .await;
-    let valid = condition(&sent[1].1, "ConfigValid");
+    let valid = condition(sent_to(&sent, "/status"), "ConfigValid");
     assert_eq!(valid["reason"], "HAProxyRejected");
     assert!(
         valid["message"]
