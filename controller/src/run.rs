@@ -51,9 +51,9 @@ pub struct Args {
     #[arg(long, env = "LBPOOL_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Pools reconciled at once, at most. `haproxy -c` runs are bounded
-    /// separately, one per core.
-    #[arg(long, env = "LBPOOL_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Pools reconciled at once, at most. A reconcile mostly waits for the
+    /// API server; `haproxy -c` runs are bounded separately, one per core.
+    #[arg(long, env = "LBPOOL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Log format.
