@@ -41,6 +41,9 @@ use crate::validate::{ValidationError, Validator};
 const INVALID_RETRY: Duration = Duration::from_secs(15);
 /// A safety net: every pool is reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(600);
+/// Events sent at once, at most: each may hold a connection to the API
+/// server, and a burst of invalid pools must not open one per pool.
+const EVENTS_IN_FLIGHT: usize = 8;
 /// How many accepted skeletons are remembered at most.
 const SKELETONS_KEPT: usize = 4096;
 /// How soon a pool is looked at again when a cache was behind a write.
@@ -56,6 +59,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// What a reconcile reads instead of the API.
     pub caches: Caches,
+    /// Bounds the Events in flight ([`EVENTS_IN_FLIGHT`]).
+    events: Arc<tokio::sync::Semaphore>,
     /// Hashes of the skeletons `haproxy -c` accepted (built-in template;
     /// shared by every pool with the same settings). Bounded: emptied when
     /// it reaches [`SKELETONS_KEPT`], so memory does not follow how many
@@ -90,6 +95,7 @@ impl Context {
             reporter,
             metrics,
             caches,
+            events: Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT)),
             skeletons: Mutex::default(),
             validated: Mutex::default(),
             failures: Mutex::default(),
@@ -736,7 +742,10 @@ fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
     // and memory must not hold the Events of pools long deleted.
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let (reference, pool) = (pool.object_ref(&()), key(pool));
+    let in_flight = ctx.events.clone();
     tokio::spawn(async move {
+        // Never closed: the permit always comes.
+        let _permit = in_flight.acquire_owned().await;
         match recorder.publish(&ev, &reference).await {
             Ok(()) => {}
             Err(e) if crate::error::namespace_terminating(&e) => {
