@@ -43,27 +43,33 @@ impl Env {
 
     /// The published haproxy.cfg (ConfigMap `webapp-haproxy`).
     pub async fn config_text(&self) -> Result<String, String> {
+        Ok(self.published().await?.1)
+    }
+
+    /// The published config's hash annotation and text, from one read.
+    async fn published(&self) -> Result<(String, String), String> {
         let cm = self
             .config_maps
             .get("webapp-haproxy")
             .await
             .map_err(|e| e.to_string())?;
-        Ok(cm
+        let hash = cm
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .remove("lbpool.dev/config-hash")
+            .unwrap_or_default();
+        let text = cm
             .data
             .unwrap_or_default()
             .remove("haproxy.cfg")
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((hash, text))
     }
 
     /// Addresses of the `server` lines in the published haproxy.cfg.
     pub async fn config_addresses(&self) -> Result<BTreeSet<String>, String> {
-        let cfg = self.config_text().await?;
-        Ok(cfg
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("server "))
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.to_owned()))
-            .collect())
+        Ok(addresses(&self.config_text().await?))
     }
 
     /// IPs of the webapp pods that are Ready and not terminating.
@@ -138,13 +144,17 @@ impl Env {
     /// `n` ready pods now: `Ok(hash)`, or what differs.
     pub async fn converged_now(&self, n: usize) -> Result<String, String> {
         let pods = self.ready_pod_ips().await;
-        let config = self.config_addresses().await?;
+        let (published, text) = self.published().await?;
+        let config = addresses(&text);
         let pool = self.pools.get("webapp").await.map_err(|e| e.to_string())?;
         let status = pool.status.unwrap_or_default();
         let hash = status.config_hash.clone().unwrap_or_default();
         let deployed = self.deployed_hash().await;
         let rolled = self.haproxy_replica_set_hashes().await.contains(&hash);
+        // The ConfigMap's own hash too: between the controller's ConfigMap
+        // write and its Deployment patch, the ConfigMap is one config ahead.
         if pods.len() == n
+            && published == hash
             && config == pods
             && status.ready_backends as usize == n
             && deployed.as_ref() == Some(&hash)
@@ -215,4 +225,13 @@ pub fn apply_demo(ns: &str, files: &[&str]) {
             .expect("demo manifest");
         apply_yaml(ns, &yaml).unwrap_or_else(|e| panic!("apply {file}: {e}"));
     }
+}
+
+/// Addresses of the `server` lines of a haproxy.cfg.
+fn addresses(cfg: &str) -> BTreeSet<String> {
+    cfg.lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.to_owned()))
+        .collect()
 }
