@@ -8,9 +8,12 @@
 //!   drain, delete, weight), anything else by a seamless reload.
 //! - [`runtime`] speaks HAProxy's Runtime API and master CLI over their
 //!   UNIX sockets.
+//! - [`apply`] puts it together: check a new config with `haproxy -c`,
+//!   apply it as planned, keep the config file in step.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod config;
 pub mod plan;
 pub mod runtime;

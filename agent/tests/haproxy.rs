@@ -1,15 +1,16 @@
-//! The agent's plans applied to a real HAProxy in master-worker mode:
-//! server changes through the Runtime API with no reload, anything else by
-//! a seamless reload through the master CLI.
+//! The agent applying configs to a real HAProxy in master-worker mode:
+//! server changes through the Runtime API with no reload, a config
+//! `haproxy -c` rejects never applied, anything else by a seamless reload
+//! through the master CLI; the config file kept in step.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lbpool_agent::config::Config;
-use lbpool_agent::plan::{Plan, plan};
+use lbpool_agent::apply::{Applier, ApplyError, Outcome};
 use lbpool_agent::runtime::{self, Socket};
+use lbpool_controller::validate::HaproxyValidator;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -147,20 +148,30 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
         .await
         .expect("show proc");
     assert_eq!(get(port).await, "a");
+    let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
+    let mut applier = Applier::new(
+        file.clone(),
+        haproxy.admin.clone(),
+        haproxy.master.clone(),
+        Box::new(HaproxyValidator::new(bin)),
+        &v1,
+    );
 
     // Scale: b added, a removed; through the Runtime API.
     let v2 = config(dir.path(), port, 100, &[("b", b)]);
-    let Plan::Runtime(changes) = plan(&Config::parse(&v1), &Config::parse(&v2)) else {
-        panic!("a server change is a runtime change");
-    };
-    let applied = runtime::apply(&haproxy.admin, &changes)
-        .await
-        .expect("apply");
+    assert_eq!(
+        applier.apply(&v2).await.expect("apply v2"),
+        Outcome::Runtime(2)
+    );
     assert!(
-        applied.draining.is_empty(),
+        applier.draining().is_empty(),
         "a had no connection: deleted at once"
     );
-    write(&file, &v2);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("file"),
+        v2,
+        "the file in step"
+    );
     let state = runtime::servers(&haproxy.admin, "be_web")
         .await
         .expect("servers");
@@ -181,20 +192,37 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
     assert_eq!(after.reloads, before.reloads, "no reload");
     assert_eq!(after.workers, before.workers, "the same worker");
 
+    // A config HAProxy rejects is never applied: not the file, not a reload.
+    let bad = v2.replace(
+        "balance roundrobin",
+        "balance roundrobin\n    bogus_keyword",
+    );
+    match applier.apply(&bad).await {
+        Err(ApplyError::Rejected(message)) => {
+            assert!(message.contains("bogus_keyword"), "{message}")
+        }
+        other => panic!("a rejected config: {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), v2);
+    assert_eq!(
+        runtime::processes(&haproxy.master)
+            .await
+            .expect("show proc"),
+        after
+    );
+    assert_eq!(get(port).await, "b");
+
     // Anything else: a reload, seamless; the new worker loads the file.
     let v3 = config(dir.path(), port, 200, &[("b", b)]);
     assert!(matches!(
-        plan(&Config::parse(&v2), &Config::parse(&v3)),
-        Plan::Reload(_)
+        applier.apply(&v3).await.expect("apply v3"),
+        Outcome::Reload(_)
     ));
-    write(&file, &v3);
-    runtime::reload(&haproxy.master).await.expect("reload");
-    wait("the new worker", || async {
-        runtime::processes(&haproxy.master)
-            .await
-            .is_ok_and(|p| p.reloads == before.reloads + 1 && p.workers != before.workers)
-    })
-    .await;
+    let reloaded = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    assert_eq!(reloaded.reloads, before.reloads + 1);
+    assert_ne!(reloaded.workers, before.workers);
     wait("the admin socket of the new worker", || async {
         haproxy
             .admin
@@ -204,4 +232,8 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
     })
     .await;
     assert_eq!(get(port).await, "b");
+    assert_eq!(
+        applier.apply(&v3).await.expect("apply v3 again"),
+        Outcome::Noop
+    );
 }

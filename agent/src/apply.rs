@@ -1,0 +1,177 @@
+//! Applies configs to the HAProxy beside the agent: checked by `haproxy
+//! -c` first (a rejected config is never applied), then through the
+//! Runtime API or a seamless reload as [`crate::plan`] says, and written to
+//! the file HAProxy loads, so a later reload or restart loads the same
+//! servers.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lbpool_controller::validate::{ValidationError, Validator};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::plan::{Plan, plan};
+use crate::runtime::{self, RuntimeError, Socket};
+
+/// How long a reload may take to show a new worker.
+const RELOAD_WAIT: Duration = Duration::from_secs(15);
+
+/// What applying a config took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was the running config.
+    Noop,
+    /// This many server changes through the Runtime API, no reload.
+    Runtime(usize),
+    /// A seamless reload; why.
+    Reload(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// `haproxy -c` rejected the config: nothing was applied.
+    #[error("haproxy -c rejected the config: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Check(ValidationError),
+    #[error("write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reload: {0}")]
+    Reload(RuntimeError),
+    #[error("reload: no new worker within {RELOAD_WAIT:?}")]
+    ReloadTimeout,
+}
+
+/// The agent's hold on one HAProxy.
+#[derive(Debug)]
+pub struct Applier {
+    /// The file HAProxy loads (`-f`).
+    file: PathBuf,
+    admin: Socket,
+    master: Socket,
+    validator: Box<dyn Validator>,
+    /// What HAProxy runs: the file it loaded and the changes made since.
+    running: Config,
+    /// Servers in maintenance whose connections are not done yet.
+    draining: Vec<(String, String)>,
+}
+
+impl Applier {
+    /// `running` is the text HAProxy was started with.
+    pub fn new(
+        file: PathBuf,
+        admin: Socket,
+        master: Socket,
+        validator: Box<dyn Validator>,
+        running: &str,
+    ) -> Self {
+        Self {
+            file,
+            admin,
+            master,
+            validator,
+            running: Config::parse(running),
+            draining: Vec::new(),
+        }
+    }
+
+    /// Servers removed whose connections are not done yet.
+    pub fn draining(&self) -> &[(String, String)] {
+        &self.draining
+    }
+
+    /// Applies `text`, the next config.
+    pub async fn apply(&mut self, text: &str) -> Result<Outcome, ApplyError> {
+        let next = Config::parse(text);
+        let planned = plan(&self.running, &next);
+        if planned == Plan::Noop {
+            return Ok(Outcome::Noop);
+        }
+        match self.validator.check(text).await {
+            Ok(()) => {}
+            Err(ValidationError::Rejected(message)) => return Err(ApplyError::Rejected(message)),
+            Err(e) => return Err(ApplyError::Check(e)),
+        }
+        let outcome = match planned {
+            Plan::Runtime(changes) => match runtime::apply(&self.admin, &changes).await {
+                Ok(applied) => {
+                    self.draining.extend(applied.draining);
+                    self.write(text).await?;
+                    Outcome::Runtime(changes.len())
+                }
+                // Some changes may have been made: the reload makes the
+                // worker exactly what the file says.
+                Err(e) => {
+                    warn!(error = %e, "Runtime API change failed; reloading instead");
+                    self.write(text).await?;
+                    self.reload().await?;
+                    Outcome::Reload(format!("the Runtime API failed: {e}"))
+                }
+            },
+            Plan::Reload(why) => {
+                self.write(text).await?;
+                self.reload().await?;
+                Outcome::Reload(why)
+            }
+            Plan::Noop => Outcome::Noop,
+        };
+        self.running = next;
+        Ok(outcome)
+    }
+
+    /// Deletes the drained servers whose connections are done; returns how
+    /// many are left.
+    pub async fn delete_drained(&mut self) -> Result<usize, RuntimeError> {
+        let mut left = Vec::new();
+        for (backend, server) in std::mem::take(&mut self.draining) {
+            if !runtime::delete(&self.admin, &backend, &server).await? {
+                left.push((backend, server));
+            }
+        }
+        self.draining = left;
+        Ok(self.draining.len())
+    }
+
+    /// Replaces the file whole (a new file renamed over it), so HAProxy
+    /// never loads half of it.
+    async fn write(&self, text: &str) -> Result<(), ApplyError> {
+        let err = |source| ApplyError::Write {
+            path: self.file.clone(),
+            source,
+        };
+        let fresh = self.file.with_extension("next");
+        tokio::fs::write(&fresh, text).await.map_err(err)?;
+        tokio::fs::rename(&fresh, &self.file).await.map_err(err)
+    }
+
+    /// Asks the master to reload and waits for the new worker; the old
+    /// one finishes its connections (up to `hard-stop-after`). Servers that
+    /// were draining go with the old worker.
+    async fn reload(&mut self) -> Result<(), ApplyError> {
+        let before = runtime::processes(&self.master)
+            .await
+            .map_err(ApplyError::Reload)?;
+        runtime::reload(&self.master)
+            .await
+            .map_err(ApplyError::Reload)?;
+        let started = Instant::now();
+        while started.elapsed() < RELOAD_WAIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(now) = runtime::processes(&self.master).await
+                && now.reloads > before.reloads
+                && !now.workers.is_empty()
+                && now.workers != before.workers
+            {
+                info!(worker = ?now.workers, "reloaded");
+                self.draining.clear();
+                return Ok(());
+            }
+        }
+        Err(ApplyError::ReloadTimeout)
+    }
+}
