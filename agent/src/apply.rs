@@ -88,40 +88,44 @@ impl Applier {
     /// Applies `text`, the next config.
     pub async fn apply(&mut self, text: &str) -> Result<Outcome, ApplyError> {
         let next = Config::parse(text);
-        let planned = plan(&self.running, &next);
-        if planned == Plan::Noop {
-            return Ok(Outcome::Noop);
-        }
-        match self.validator.check(text).await {
-            Ok(()) => {}
-            Err(ValidationError::Rejected(message)) => return Err(ApplyError::Rejected(message)),
-            Err(e) => return Err(ApplyError::Check(e)),
-        }
-        let outcome = match planned {
-            Plan::Runtime(changes) => match runtime::apply(&self.admin, &changes).await {
-                Ok(applied) => {
-                    self.draining.extend(applied.draining);
-                    self.write(text).await?;
-                    Outcome::Runtime(changes.len())
+        let outcome = match plan(&self.running, &next) {
+            Plan::Noop => return Ok(Outcome::Noop),
+            Plan::Runtime(changes) => {
+                self.check(text).await?;
+                match runtime::apply(&self.admin, &changes).await {
+                    Ok(applied) => {
+                        self.draining.extend(applied.draining);
+                        self.write(text).await?;
+                        Outcome::Runtime(changes.len())
+                    }
+                    // Some changes may have been made: the reload makes the
+                    // worker exactly what the file says.
+                    Err(e) => {
+                        warn!(error = %e, "Runtime API change failed; reloading instead");
+                        self.write(text).await?;
+                        self.reload().await?;
+                        Outcome::Reload(format!("the Runtime API failed: {e}"))
+                    }
                 }
-                // Some changes may have been made: the reload makes the
-                // worker exactly what the file says.
-                Err(e) => {
-                    warn!(error = %e, "Runtime API change failed; reloading instead");
-                    self.write(text).await?;
-                    self.reload().await?;
-                    Outcome::Reload(format!("the Runtime API failed: {e}"))
-                }
-            },
+            }
             Plan::Reload(why) => {
+                self.check(text).await?;
                 self.write(text).await?;
                 self.reload().await?;
                 Outcome::Reload(why)
             }
-            Plan::Noop => Outcome::Noop,
         };
         self.running = next;
         Ok(outcome)
+    }
+
+    /// `haproxy -c`: a config it rejects is never applied or written.
+    async fn check(&self, text: &str) -> Result<(), ApplyError> {
+        match self.validator.check(text).await {
+            Ok(()) => Ok(()),
+            Err(ValidationError::Rejected(message)) => Err(ApplyError::Rejected(message)),
+            Err(e) => Err(ApplyError::Check(e)),
+        }
     }
 
     /// Deletes the drained servers whose connections are done; returns how

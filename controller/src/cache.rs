@@ -37,7 +37,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 use lbpool_crds::LoadBalancerPool;
 
@@ -145,20 +145,6 @@ impl Caches {
         while !self.is_synced() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// The metadata of the ConfigMap `name` in `ns`, from whichever cache
-    /// has it: the generated ConfigMaps first (they see lbpool's own
-    /// writes as soon as any watch does), then all the names.
-    pub fn config_map_meta(&self, ns: &str, name: &str) -> Option<ObjectMeta> {
-        self.config_maps
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|cm| cm.metadata.clone())
-            .or_else(|| {
-                self.config_map_names
-                    .get(&ObjectRef::new(name).within(ns))
-                    .map(|m| m.metadata.clone())
-            })
     }
 }
 

@@ -392,16 +392,24 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
 
     // Last of the checks, right before the write: are the ConfigMap and
     // the Deployment this pool's?
+    // The generated ConfigMaps first: they see lbpool's own writes as soon
+    // as any watch does; then every ConfigMap's name and owners.
     let cm_name = pool.config_map_name();
-    let cm_meta = caches.config_map_meta(ns, &cm_name);
-    desired::config_map_claim(pool, cm_meta.as_ref())?;
-    let config_map = match (
-        cm_meta,
-        caches.config_maps.get(&ObjectRef::new(&cm_name).within(ns)),
-    ) {
-        (None, _) => Cached::Missing,
-        (Some(_), Some(cached)) => Cached::Generated(cached),
-        (Some(_), None) => Cached::Unlabelled,
+    let config_map = match caches.config_maps.get(&ObjectRef::new(&cm_name).within(ns)) {
+        Some(cached) => {
+            desired::config_map_claim(pool, Some(&cached.metadata))?;
+            Cached::Generated(cached)
+        }
+        None => match caches
+            .config_map_names
+            .get(&ObjectRef::new(&cm_name).within(ns))
+        {
+            Some(other) => {
+                desired::config_map_claim(pool, Some(&other.metadata))?;
+                Cached::Unlabelled
+            }
+            None => Cached::Missing,
+        },
     };
     let deployment = caches
         .deployments

@@ -171,17 +171,6 @@ pub fn pools_for_template(
     })
 }
 
-/// Passes an event's object on when `changes` says it is worth a reconcile.
-fn trigger<K: kube::Resource<DynamicType = ()>, V: PartialEq>(
-    changes: &mut triggers::Changes<K, V>,
-    event: Result<watcher::Event<K>, watcher::Error>,
-) -> Option<Result<K, watcher::Error>> {
-    match event {
-        Ok(e) => changes.on(e).map(Ok),
-        Err(e) => Some(Err(e)),
-    }
-}
-
 /// Backoff of the watches after an error: 250 ms doubling to at most 5 s,
 /// reset by the next event. kube-runtime's default grows to 30 s and resets
 /// only after 2 quiet minutes; one backoff pauses every watch of the
@@ -420,7 +409,7 @@ async fn controller(
     .backoff(WatchBackoff::default())
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(pool_writer)
-    .filter_map(move |event| std::future::ready(trigger(&mut pool_trigger, event)));
+    .filter_map(move |event| std::future::ready(event.map(|e| pool_trigger.on(e)).transpose()));
     let services = watcher(api::<Service>(&client, ns), watcher::Config::default())
         .backoff(WatchBackoff::default())
         .modify(cache::slim_service)
@@ -442,7 +431,9 @@ async fn controller(
         .backoff(WatchBackoff::default())
         .modify(cache::slim_deployment)
         .reflect(deployment_writer)
-        .filter_map(move |event| std::future::ready(trigger(&mut deployment_trigger, event)));
+        .filter_map(move |event| {
+            std::future::ready(event.map(|e| deployment_trigger.on(e)).transpose())
+        });
     // Generated ConfigMaps: looked at when edited by someone else or deleted.
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
@@ -450,12 +441,7 @@ async fn controller(
         .backoff(WatchBackoff::default())
         .modify(cache::slim_config_map)
         .reflect(config_map_writer)
-        .filter_map(|event| {
-            std::future::ready(match event {
-                Ok(e) => triggers::config_map_event(e).map(Ok),
-                Err(e) => Some(Err(e)),
-            })
-        });
+        .filter_map(|event| std::future::ready(event.map(triggers::config_map_event).transpose()));
     // Every ConfigMap, metadata only: whose each is, and user templates
     // (an edit re-renders the pools that use it).
     let config_map_names = watcher(
