@@ -10,10 +10,14 @@
 //!   UNIX sockets.
 //! - [`apply`] puts it together: check a new config with `haproxy -c`,
 //!   apply it as planned, keep the config file in step.
+//! - [`run`] is the `lbpool-agent` process: the ConfigMap watch, the
+//!   report on its pod, [`metrics`] and probes.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod config;
+pub mod metrics;
 pub mod plan;
+pub mod run;
 pub mod runtime;

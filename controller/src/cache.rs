@@ -17,7 +17,9 @@
 //!   of annotations;
 //! - every ConfigMap's name and owners (metadata-only watch), so a
 //!   ConfigMap lbpool did not create is never taken over;
-//! - namespaces: names and deletion marks.
+//! - namespaces: names and deletion marks;
+//! - the pods of `InPlace` agents (label `lbpool.dev/pool`): what each
+//!   agent reports ([`crate::agents::slim_pod`]).
 //!
 //! A cache may lag behind the API by a watch event. Where acting on a stale
 //! view could take what is not lbpool's, the write itself checks: a missing
@@ -32,7 +34,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, ObjectReference, PodSpec, Service, ServiceSpec,
+    ConfigMap, Namespace, ObjectReference, Pod, PodSpec, Service, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -41,7 +43,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 use lbpool_crds::LoadBalancerPool;
 
-use crate::desired::{CONFIG_HASH_ANNOTATION, CONFIG_KEY, POOL_CLAIM_ANNOTATION, published_hash};
+use crate::desired::{
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, POOL_CLAIM_ANNOTATION, POOL_LABEL, published_hash,
+};
 use crate::render::config_hash;
 
 /// Label of EndpointSlices naming their Service.
@@ -59,6 +63,8 @@ pub struct Caches {
     /// Every ConfigMap: name and ownerReferences.
     pub config_map_names: Store<PartialObjectMeta<ConfigMap>>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Pods of `InPlace` agents, slimmed to their reports.
+    pub agents: Store<Pod>,
     synced: Arc<AtomicBool>,
 }
 
@@ -72,6 +78,7 @@ pub struct Writers {
     pub config_maps: reflector::store::Writer<ConfigMap>,
     pub config_map_names: reflector::store::Writer<PartialObjectMeta<ConfigMap>>,
     pub namespaces: reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    pub agents: reflector::store::Writer<Pod>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -84,6 +91,7 @@ impl std::fmt::Debug for Caches {
             .field("config_maps", &self.config_maps.len())
             .field("config_map_names", &self.config_map_names.len())
             .field("namespaces", &self.namespaces.len())
+            .field("agents", &self.agents.len())
             .finish()
     }
 }
@@ -99,6 +107,7 @@ impl Caches {
         let (config_maps, config_maps_w) = reflector::store();
         let (config_map_names, config_map_names_w) = reflector::store();
         let (namespaces, namespaces_w) = reflector::store();
+        let (agents, agents_w) = reflector::store();
         let caches = Self {
             pools,
             services,
@@ -107,6 +116,7 @@ impl Caches {
             config_maps,
             config_map_names,
             namespaces,
+            agents,
             synced: Arc::default(),
         };
         let writers = Writers {
@@ -117,6 +127,7 @@ impl Caches {
             config_maps: config_maps_w,
             config_map_names: config_map_names_w,
             namespaces: namespaces_w,
+            agents: agents_w,
         };
         (caches, writers)
     }
@@ -132,11 +143,28 @@ impl Caches {
             && ready_now(&self.deployments)
             && ready_now(&self.config_maps)
             && ready_now(&self.config_map_names)
-            && ready_now(&self.namespaces);
+            && ready_now(&self.namespaces)
+            && ready_now(&self.agents);
         if all {
             self.synced.store(true, Ordering::Release);
         }
         all
+    }
+
+    /// The agents' pods of pool `pool` in `ns`.
+    pub fn agents_of(&self, ns: &str, pool: &str) -> Vec<Arc<Pod>> {
+        self.agents
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(POOL_LABEL))
+                        .is_some_and(|l| l == pool)
+            })
+            .collect()
     }
 
     /// Waits until [`Caches::is_synced`]: a reconcile before that would
@@ -514,8 +542,9 @@ mod tests {
         w.deployments.apply_watcher_event(&Event::InitDone);
         w.config_maps.apply_watcher_event(&Event::InitDone);
         w.config_map_names.apply_watcher_event(&Event::InitDone);
-        assert!(!caches.is_synced(), "namespaces not listed yet");
         w.namespaces.apply_watcher_event(&Event::InitDone);
+        assert!(!caches.is_synced(), "agents not listed yet");
+        w.agents.apply_watcher_event(&Event::InitDone);
         caches.synced().await;
         assert!(caches.is_synced());
     }

@@ -29,6 +29,9 @@ pub mod reason {
     pub const SERVING: &str = "Serving";
     /// The published config is not yet what every HAProxy pod runs.
     pub const ROLLING_OUT: &str = "RollingOut";
+    /// `InPlace`: an HAProxy pod's agent refused the published config (its
+    /// `haproxy -c` rejected it); the pod keeps serving its last config.
+    pub const AGENT_REJECTED: &str = "AgentRejected";
     pub const NO_READY_BACKENDS: &str = "NoReadyBackends";
     pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";
     pub const CONFIG_INVALID: &str = "ConfigInvalid";

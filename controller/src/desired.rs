@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
 use lbpool_crds::{
     BackendStatus, HaproxyStatus, LoadBalancerPool, LoadBalancerPoolStatus, MAX_STATUS_BACKENDS,
+    ReloadStrategy,
 };
 use serde_json::json;
 
@@ -194,8 +195,11 @@ pub struct Served {
     /// The hash its pod template carries.
     pub hash: Option<String>,
     /// Its rollout of that template is complete: every pod runs it and is
-    /// ready, no pod of an older template is left.
+    /// ready, no pod of an older template is left. `InPlace`: every ready
+    /// pod's agent serves the wanted config.
     pub complete: bool,
+    /// `InPlace`: a pod whose agent refused the wanted config, and why.
+    pub refused: Option<(String, String)>,
 }
 
 /// Reads [`Served`] off a Deployment (after this reconcile's patch, if any).
@@ -213,6 +217,7 @@ pub fn served(deployment: &Deployment) -> Served {
             && updated == want
             && ready == want
             && st.replicas.unwrap_or_default() == want,
+        refused: None,
         status: HaproxyStatus {
             revision: hash.as_deref().map(|h| revision(h).to_owned()),
             replicas: want,
@@ -307,6 +312,20 @@ pub fn published_status(
         ),
         // Ready means HAProxy serves this config, not that it was written.
         _ => match served {
+            Some(Served {
+                refused: Some((pod, message)),
+                status,
+                ..
+            }) => Desired::new(
+                kind::READY,
+                false,
+                reason::AGENT_REJECTED,
+                format!(
+                    "HAProxy pod {pod} refused config {}, it keeps serving config {}: {message}",
+                    config.revision(),
+                    status.revision.as_deref().unwrap_or("none")
+                ),
+            ),
             Some(sv) if sv.complete && sv.hash.as_deref() == Some(config.hash.as_str()) => {
                 Desired::new(
                     kind::READY,
@@ -323,7 +342,14 @@ pub fn published_status(
                 kind::READY,
                 false,
                 reason::ROLLING_OUT,
-                rolling_out_message(deployment_name, config, served, deployment),
+                match pool.spec.reload.strategy {
+                    ReloadStrategy::RollingUpdate => {
+                        rolling_out_message(deployment_name, config, served, deployment)
+                    }
+                    ReloadStrategy::InPlace => {
+                        applying_message(deployment_name, config, served, deployment)
+                    }
+                },
             ),
         },
     };
@@ -419,6 +445,38 @@ fn rolling_out_message(
             sv.status.updated_replicas,
             sv.status.replicas,
             sv.status.ready_replicas
+        )
+    }
+}
+
+/// `InPlace`: how far the agents are.
+fn applying_message(
+    deployment: &str,
+    config: &RenderedConfig,
+    served: Option<&Served>,
+    state: &DeploymentState,
+) -> String {
+    let Some(sv) = served else {
+        return format!("Deployment {deployment} is not known yet");
+    };
+    let st = &sv.status;
+    if let DeploymentState::Pending { .. } = state {
+        format!(
+            "config {} waits for rollout.minInterval; the ConfigMap keeps config {} until then",
+            config.revision(),
+            st.revision.as_deref().unwrap_or("none")
+        )
+    } else if st.ready_replicas == 0 {
+        format!(
+            "no ready HAProxy pod of Deployment {deployment} reports through an lbpool agent yet; reload.strategy InPlace needs the agent beside HAProxy (manifests/components/in-place)"
+        )
+    } else {
+        format!(
+            "config {} is published; {}/{} HAProxy pods serve it ({} ready)",
+            config.revision(),
+            st.updated_replicas,
+            st.replicas,
+            st.ready_replicas
         )
     }
 }

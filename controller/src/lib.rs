@@ -3,13 +3,15 @@
 //!
 //! Pure modules turn data into data: [`model`] (pool + EndpointSlices →
 //! backend model), [`render`] (model → haproxy.cfg + hash), [`desired`] (what
-//! to write, whether to roll) and [`conditions`]. [`validate`] runs
+//! to write), [`strategy`] (how a config reaches HAProxy), [`agents`] (what
+//! `InPlace` agents report) and [`conditions`]. [`validate`] runs
 //! `haproxy -c`. [`reconcile`] is the only module that calls the API;
 //! [`run`] wires the watches, the admin server and shutdown.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agents;
 pub mod cache;
 pub mod conditions;
 pub mod desired;

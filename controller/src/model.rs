@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolSpec, syntax};
+use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolSpec, ReloadStrategy, syntax};
 use serde::Serialize;
 
 use crate::conditions::reason;
@@ -88,7 +88,14 @@ pub struct Proxy {
     pub stats: Option<Stats>,
     /// Timeouts in HAProxy syntax, e.g. `5s`.
     pub timeouts: Timeouts,
+    /// `InPlace` only: the Runtime API socket the agent drives (admin level,
+    /// handing listeners over on reloads); `null` otherwise.
+    pub runtime_api: Option<&'static str>,
 }
+
+/// Where HAProxy's Runtime API listens in an `InPlace` pod: a socket in the
+/// volume HAProxy and the agent share.
+pub const RUNTIME_API_SOCKET: &str = "/run/haproxy/admin.sock";
 
 /// Name and namespace of the pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -344,6 +351,8 @@ pub fn build<S: Borrow<EndpointSlice>>(
             sticky_session,
             stats,
             timeouts,
+            runtime_api: (spec.reload.strategy == ReloadStrategy::InPlace)
+                .then_some(RUNTIME_API_SOCKET),
         },
         servers: servers(port, slices, spec.sticky_session.is_some()),
     })

@@ -26,6 +26,7 @@ use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::agents;
 use crate::cache::Caches;
 use crate::conditions::reason;
 use crate::desired::{self, DeploymentState, MANAGER};
@@ -426,7 +427,7 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
         config,
         min_interval,
         config_map,
-        strategy: Strategy::default(),
+        strategy: Strategy::from(spec.reload.strategy),
         deployment,
     })
 }
@@ -529,6 +530,7 @@ async fn publish(
         wanted: &p.config.hash,
         last_rollout,
         now,
+        stamp: rolled_at,
         min_interval: p.min_interval,
     });
     let cm_name = pool.config_map_name();
@@ -563,8 +565,15 @@ async fn publish(
     let write_config_map = step.config_map != ConfigMapWrite::Keep;
 
     // What HAProxy serves, for the status: the Deployment as read, or as the
-    // rollout patch returned it.
-    let mut served = p.deployment.as_deref().map(desired::served);
+    // rollout patch returned it; InPlace: what the agents report.
+    let mut served = p.deployment.as_deref().map(|d| match p.strategy {
+        Strategy::RollingUpdate => desired::served(d),
+        Strategy::InPlace => {
+            let pods = ctx.caches.agents_of(ns, &pool.name_any());
+            let reports: Vec<_> = pods.iter().map(|p| agents::Report::of(p)).collect();
+            agents::in_place(d, &reports, &p.config.hash)
+        }
+    });
     let state = match (&p.deployment, step.roll) {
         (Some(d), true) => {
             let deployed = desired::deployed_hash(d).map(str::to_owned);
@@ -581,7 +590,6 @@ async fn publish(
                 )
                 .await
                 .during(|| format!("patch Deployment {ns}/{deployment_name}"))?;
-            lock(&ctx.rollouts).insert(pool_key.clone(), rolled_at);
             ctx.metrics.rollouts.inc();
             info!(pool = %pool_key, deployment = %deployment_name, config = p.config.revision(), backends = p.model.servers.len(), "rolling HAProxy for a new config");
             let note = format!(
@@ -603,10 +611,16 @@ async fn publish(
         }
         _ => step.state,
     };
-    ctx.metrics.update(match (&state, write_config_map) {
-        (DeploymentState::Rolled { .. }, _) => UpdateKind::Rolled,
-        (_, true) => UpdateKind::Published,
-        (_, false) => UpdateKind::Noop,
+    if let DeploymentState::Rolled { at } = state {
+        lock(&ctx.rollouts).insert(pool_key.clone(), at);
+        if !step.roll {
+            info!(pool = %pool_key, config_map = %cm_name, config = p.config.revision(), backends = p.model.servers.len(), "config published to the agents");
+        }
+    }
+    ctx.metrics.update(match (step.roll, write_config_map) {
+        (true, _) => UpdateKind::Rolled,
+        (false, true) => UpdateKind::Published,
+        (false, false) => UpdateKind::Noop,
     });
 
     let before = lock(&ctx.reported).insert(pool_key.clone(), Report::Valid);

@@ -1,9 +1,9 @@
 //! Wiring: arguments, logging, the watches, the admin server, shutdown.
 //!
 //! The controller watches LoadBalancerPools, the ConfigMaps it generated
-//! (`.owns`), and EndpointSlices, Deployments and template ConfigMaps, which
-//! it maps to the pools that name them through a lookup in the pool store
-//! (no API call per event).
+//! (`.owns`), and Services, EndpointSlices, Deployments, template ConfigMaps
+//! and the pods of `InPlace` agents, which it maps to the pools that name
+//! them through a lookup in the pool store (no API call per event).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use futures::FutureExt as _;
 use futures::StreamExt;
 use futures::TryStreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
@@ -28,6 +28,7 @@ use tracing::{debug, error, info};
 
 use crate::admin::{self, Health, Role};
 use crate::cache::{self, Caches, SERVICE_NAME_LABEL, Writers};
+use crate::agents::{self, POOL_LABEL};
 use crate::desired::MANAGER;
 use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
@@ -155,6 +156,12 @@ pub fn pools_for_deployment(
 ) -> Vec<ObjectRef<LoadBalancerPool>> {
     let name = d.name_any();
     pools_where(store, d.namespace(), |p| p.spec.haproxy.deployment == name)
+}
+
+/// The pool an agent's pod serves: its label names it.
+pub fn pool_of_agent(pod: &Pod) -> Option<ObjectRef<LoadBalancerPool>> {
+    let pool = pod.labels().get(POOL_LABEL)?;
+    Some(ObjectRef::new(pool).within(&pod.namespace()?))
 }
 
 /// Pools whose template is this ConfigMap (by its metadata).
@@ -374,6 +381,7 @@ async fn controller(
         config_maps: config_map_writer,
         config_map_names: name_writer,
         namespaces: namespace_writer,
+        agents: agent_writer,
     } = writers;
     // Namespaces: only names and deletion marks, to leave alone the pools of
     // a namespace being deleted.
@@ -452,6 +460,17 @@ async fn controller(
     .modify(cache::slim_names)
     .reflect(name_writer)
     .touched_objects();
+    // Pods of InPlace agents (labelled by the agents): looked at when what an
+    // agent reports changes.
+    let mut agent_trigger = triggers::agent_trigger();
+    let agents = watcher(
+        api::<Pod>(&client, ns),
+        watcher::Config::default().labels(POOL_LABEL),
+    )
+    .backoff(WatchBackoff::default())
+    .modify(agents::slim_pod)
+    .reflect(agent_writer)
+    .filter_map(move |event| std::future::ready(event.map(|e| agent_trigger.on(e)).transpose()));
     let store = caches.pools.clone();
     let (service_store, slice_store, deployment_store, template_store) =
         (store.clone(), store.clone(), store.clone(), store.clone());
@@ -466,6 +485,7 @@ async fn controller(
         .watches_stream(config_map_names, move |cm| {
             pools_for_template(&template_store, &cm)
         })
+        .watches_stream(agents, |pod| pool_of_agent(&pod))
         .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown);
 

@@ -7,6 +7,9 @@
 //! default, rolls the Deployment for every new config, at most once per
 //! `rollout.minInterval`; the ConfigMap is written together with the
 //! rollout, so it always holds the config the pods were rolled for.
+//! `InPlace` never touches the Deployment: the ConfigMap is the message,
+//! written at most once per `rollout.minInterval`, and the agent beside
+//! each HAProxy applies it to the running process (see [`crate::agents`]).
 
 use std::time::Duration;
 
@@ -20,6 +23,18 @@ pub enum Strategy {
     /// A new config rolls the HAProxy Deployment (new pods load it).
     #[default]
     RollingUpdate,
+    /// A new config is written to the ConfigMap; the agents apply it to the
+    /// running HAProxy pods.
+    InPlace,
+}
+
+impl From<lbpool_crds::ReloadStrategy> for Strategy {
+    fn from(s: lbpool_crds::ReloadStrategy) -> Self {
+        match s {
+            lbpool_crds::ReloadStrategy::RollingUpdate => Strategy::RollingUpdate,
+            lbpool_crds::ReloadStrategy::InPlace => Strategy::InPlace,
+        }
+    }
 }
 
 /// The pool's ConfigMap, as the caches know it.
@@ -43,9 +58,12 @@ pub struct Found<'a> {
     pub deployed: Option<Option<&'a str>>,
     /// The hash of the config wanted now.
     pub wanted: &'a str,
-    /// The latest rollout known.
+    /// The latest rollout (`InPlace`: publication) known.
     pub last_rollout: Option<Timestamp>,
     pub now: Timestamp,
+    /// The time a rollout or publication now is recorded with (`now` at
+    /// the precision the API stores).
+    pub stamp: Timestamp,
     pub min_interval: Duration,
 }
 
@@ -76,6 +94,7 @@ impl Strategy {
     pub fn step(self, found: &Found<'_>) -> Step {
         match self {
             Strategy::RollingUpdate => rolling_update(found),
+            Strategy::InPlace => in_place(found),
         }
     }
 }
@@ -104,6 +123,38 @@ fn rolling_update(f: &Found<'_>) -> Step {
     }
 }
 
+fn in_place(f: &Found<'_>) -> Step {
+    let published = |config_map| Step {
+        config_map,
+        roll: false,
+        state: match f.deployed {
+            None => DeploymentState::Missing,
+            Some(_) => DeploymentState::Rolled { at: f.stamp },
+        },
+    };
+    let unchanged = |state| Step {
+        config_map: ConfigMapWrite::Keep,
+        roll: false,
+        state,
+    };
+    match f.config_map {
+        // The agents have nothing to start HAProxy with: at once.
+        ConfigMapNow::Missing => published(ConfigMapWrite::Create),
+        ConfigMapNow::Current => unchanged(match f.deployed {
+            None => DeploymentState::Missing,
+            Some(_) => DeploymentState::UpToDate,
+        }),
+        ConfigMapNow::Stale => {
+            match desired::decide_rollout(None, f.wanted, f.last_rollout, f.now, f.min_interval) {
+                Rollout::Wait(wait) if f.deployed.is_some() => {
+                    unchanged(DeploymentState::Pending { wait })
+                }
+                _ => published(ConfigMapWrite::Apply),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +170,7 @@ mod tests {
             wanted: "sha256:new",
             last_rollout: last,
             now: Timestamp::from_second(1_700_000_100).expect("time"),
+            stamp: Timestamp::from_second(1_700_000_100).expect("time"),
             min_interval: Duration::from_secs(5),
         }
     }
@@ -168,6 +220,51 @@ mod tests {
         assert_eq!(
             step(found(Stale, current, None)),
             (ConfigMapWrite::Apply, false)
+        );
+    }
+
+    #[test]
+    fn in_place_writes_the_config_map_and_never_rolls() {
+        use ConfigMapNow::*;
+        let in_place = |f| {
+            let s = Strategy::InPlace.step(&f);
+            (s.config_map, s.roll, s.state)
+        };
+        let deployed = Some(Some("sha256:whatever"));
+        let at = Timestamp::from_second(1_700_000_100).expect("time");
+        assert_eq!(
+            in_place(found(Stale, deployed, None)),
+            (
+                ConfigMapWrite::Apply,
+                false,
+                DeploymentState::Rolled { at }
+            )
+        );
+        assert_eq!(
+            in_place(found(Current, deployed, None)),
+            (ConfigMapWrite::Keep, false, DeploymentState::UpToDate)
+        );
+        // Published 2 s ago: the next one waits for the interval…
+        let recent = Some(Timestamp::from_second(1_700_000_098).expect("time"));
+        assert_eq!(
+            in_place(found(Stale, deployed, recent)),
+            (
+                ConfigMapWrite::Keep,
+                false,
+                DeploymentState::Pending {
+                    wait: Duration::from_secs(3)
+                }
+            )
+        );
+        // …but a missing ConfigMap does not.
+        assert_eq!(
+            in_place(found(Missing, deployed, recent)).0,
+            ConfigMapWrite::Create
+        );
+        // Without a Deployment there is nothing to wait for.
+        assert_eq!(
+            in_place(found(Stale, None, recent)),
+            (ConfigMapWrite::Apply, false, DeploymentState::Missing)
         );
     }
 

@@ -14,11 +14,13 @@
 //!   (replicas, updated and ready counts, generations, the config hash of
 //!   its pod template) or its claim, not on kube-controller-manager's
 //!   progress updates.
+//! - An agent's pod (`InPlace`) is looked at when what its agent reports
+//!   or its readiness changes, and when it goes.
 
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
@@ -104,6 +106,22 @@ pub fn deployment_trigger() -> Changes<Deployment, (Served, Option<String>)> {
             .and_then(|a| a.get(POOL_CLAIM_ANNOTATION))
             .cloned();
         (served(d), claim)
+    })
+}
+
+/// What an agent's pod says: readiness, deletion, served and rejected.
+type AgentReport = (bool, bool, Option<String>, Option<(String, String)>);
+
+/// An agent's pool is reconciled when what the agent reports changes.
+pub fn agent_trigger() -> Changes<Pod, AgentReport> {
+    Changes::new(|pod| {
+        let r = crate::agents::Report::of(pod);
+        (
+            r.ready,
+            r.deleting,
+            r.served.map(str::to_owned),
+            r.rejected.map(|(h, m)| (h.to_owned(), m.to_owned())),
+        )
     })
 }
 

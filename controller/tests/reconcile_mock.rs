@@ -113,6 +113,8 @@ struct World {
     /// Any other ConfigMap by that name (metadata only).
     foreign_config_map: Option<Value>,
     deployment: Option<Value>,
+    /// Pods of InPlace agents.
+    agents: Vec<Value>,
 }
 
 impl World {
@@ -126,6 +128,7 @@ impl World {
             config_map: None,
             foreign_config_map: None,
             deployment,
+            agents: Vec::new(),
         }
     }
 
@@ -174,6 +177,10 @@ impl World {
         seed(
             &mut |e| w.namespaces.apply_watcher_event(e),
             Vec::<PartialObjectMeta<Namespace>>::new(),
+        );
+        seed(
+            &mut |e| w.agents.apply_watcher_event(e),
+            all(&self.agents, lbpool_controller::agents::slim_pod),
         );
         (caches, w)
     }
@@ -323,12 +330,16 @@ fn deployment(hash: Option<&str>) -> Value {
 
 /// The config the controller must render for [`pool`], [`service`] and [`slices`].
 fn expected_config() -> lbpool_controller::render::RenderedConfig {
+    expected_config_of(&pool())
+}
+
+/// The config the controller must render for `p`, [`service`] and [`slices`].
+fn expected_config_of(p: &LoadBalancerPool) -> lbpool_controller::render::RenderedConfig {
     let svc: Service = serde_json::from_value(service()).expect("service");
     let list: Vec<EndpointSlice> =
         serde_json::from_value(slices()["items"].clone()).expect("slices");
-    let p = pool();
     let port = model::resolve_port(&p.spec, &svc).expect("port");
-    let m = model::build(&p, &port, &list).expect("model");
+    let m = model::build(p, &port, &list).expect("model");
     Renderer::new()
         .render(Template::BuiltIn, &m)
         .expect("render")
@@ -830,4 +841,87 @@ async fn pools_with_the_same_settings_share_one_check() {
     let sent = server.await.expect("the scripted requests");
     assert_eq!(sent[2].1["metadata"]["name"], "other-haproxy");
     assert_eq!(checks.load(Ordering::Relaxed), 1, "one skeleton, one check");
+}
+
+fn in_place_pool() -> LoadBalancerPool {
+    let mut p = pool();
+    p.spec.reload.strategy = lbpool_crds::ReloadStrategy::InPlace;
+    p
+}
+
+/// An HAProxy pod whose agent reports `served` (and maybe a refusal).
+fn agent_pod(name: &str, served: &str, rejected: Option<&str>) -> Value {
+    let mut annotations = json!({"lbpool.dev/served-hash": served});
+    if let Some(r) = rejected {
+        annotations["lbpool.dev/rejected"] = json!(r);
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "demo", "labels": {"lbpool.dev/pool": "webapp"},
+                        "annotations": annotations},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+#[tokio::test]
+async fn in_place_writes_the_config_map_and_leaves_the_deployment_alone() {
+    let p = in_place_pool();
+    let c = expected_config_of(&p);
+    assert!(
+        c.text.contains("stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners"),
+        "the agent's Runtime API is in the config:\n{}",
+        c.text
+    );
+    // The agents serve an older config; the Deployment's template is not
+    // rolled for configs at all.
+    let mut world = published("sha256:old", "old config\n", "sha256:whatever");
+    world.agents = vec![
+        agent_pod("haproxy-a", "sha256:old", None),
+        agent_pod("haproxy-b", "sha256:old", None),
+    ];
+    let sent = run(
+        p.clone(),
+        &world,
+        FakeValidator::accepting(),
+        vec![echo(Method::PATCH, &config_map_path()), status_apply()],
+    )
+    .await;
+    assert_eq!(sent[0].1["data"]["haproxy.cfg"], c.text.as_str());
+    let status = &sent[1].1;
+    let ready = condition(status, "Ready");
+    assert_eq!(ready["status"], "False", "{status}");
+    assert!(
+        ready["message"].as_str().unwrap_or_default().contains("0/2 HAProxy pods serve it"),
+        "{ready}"
+    );
+    assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
+
+    // Both agents applied it: Ready, and nothing to write but the status.
+    let mut world = published(&c.hash, &c.text, "sha256:whatever");
+    world.agents = vec![
+        agent_pod("haproxy-a", &c.hash, None),
+        agent_pod("haproxy-b", &c.hash, None),
+    ];
+    let sent = run(p, &world, FakeValidator::accepting(), vec![status_apply()]).await;
+    let ready = condition(&sent[0].1, "Ready");
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(sent[0].1["status"]["haproxy"]["updatedReplicas"], 2);
+}
+
+#[tokio::test]
+async fn a_config_an_agent_refuses_is_reported_on_the_status() {
+    let p = in_place_pool();
+    let c = expected_config_of(&p);
+    let mut world = published(&c.hash, &c.text, "sha256:whatever");
+    world.agents = vec![
+        agent_pod("haproxy-a", "sha256:0ld0000000", Some(&format!("{} unknown keyword 'foo'", c.hash))),
+        agent_pod("haproxy-b", &c.hash, None),
+    ];
+    let sent = run(p, &world, FakeValidator::accepting(), vec![status_apply()]).await;
+    let ready = condition(&sent[0].1, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "AgentRejected");
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("haproxy-a") && message.contains("unknown keyword 'foo'"),
+        "{message}"
+    );
 }

@@ -113,9 +113,13 @@ pub struct LoadBalancerPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateRef>,
 
-    /// How often the HAProxy Deployment may be rolled.
+    /// How often a new config may reach HAProxy.
     #[serde(default)]
     pub rollout: RolloutSpec,
+
+    /// How a new config reaches the HAProxy pods.
+    #[serde(default)]
+    pub reload: ReloadSpec,
 }
 
 /// The Service whose endpoints are the backends.
@@ -370,9 +374,10 @@ fn default_template_key() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// Minimum time between two rollouts of the HAProxy Deployment. A change
-    /// inside the interval is published when it ends, so a burst of endpoint
-    /// changes gives one or two rollouts, not one per change.
+    /// Minimum time between two rollouts of the HAProxy Deployment
+    /// (`RollingUpdate`) or two configs published to its agents (`InPlace`).
+    /// A change inside the interval is published when it ends, so a burst of
+    /// endpoint changes gives one or two updates, not one per change.
     #[serde(default = "default_min_interval")]
     #[schemars(length(max = 12), pattern(syntax::DURATION))]
     pub min_interval: String,
@@ -388,6 +393,29 @@ impl Default for RolloutSpec {
 
 fn default_min_interval() -> String {
     "5s".into()
+}
+
+/// How a new config reaches the HAProxy pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadSpec {
+    /// `RollingUpdate` (the default) or `InPlace`.
+    #[serde(default)]
+    pub strategy: ReloadStrategy,
+}
+
+/// `RollingUpdate`: each new config rolls the HAProxy Deployment, and new
+/// pods load it. `InPlace`: the lbpool agent beside each HAProxy applies it
+/// to the running process: server changes through the Runtime API (no
+/// reload), anything else with a seamless reload; see
+/// `manifests/components/in-place`.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum ReloadStrategy {
+    #[default]
+    RollingUpdate,
+    InPlace,
 }
 
 /// Observed state of a LoadBalancerPool.
@@ -419,7 +447,8 @@ pub struct LoadBalancerPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_revision: Option<String>,
 
-    /// When the controller last rolled the HAProxy Deployment.
+    /// When the controller last rolled the HAProxy Deployment (`InPlace`:
+    /// last published a config to its agents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollout_time: Option<Time>,
 

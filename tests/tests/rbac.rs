@@ -18,6 +18,7 @@ fn expected() -> BTreeSet<(String, String)> {
         ("loadbalancerpools.lbpool.dev", "[list watch]"),
         ("loadbalancerpools.lbpool.dev/status", "[patch]"),
         ("namespaces", "[list watch]"),
+        ("pods", "[list watch]"),
         ("services", "[list watch]"),
     ]
     .into_iter()

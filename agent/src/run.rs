@@ -1,0 +1,469 @@
+//! The agent process: watches its pool's ConfigMap, applies each new config
+//! to the HAProxy beside it ([`Applier`]) and says on its own pod which
+//! config HAProxy serves ([`lbpool_controller::agents`]).
+//!
+//! It runs as a native sidecar (an init container with `restartPolicy:
+//! Always`), so it starts before HAProxy: it writes the first config to
+//! the file HAProxy loads, and only then reports itself started. After
+//! that, every config HAProxy could load goes through the [`Applier`]. The
+//! watch keeps only the latest config: a burst of changes is applied as
+//! one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, ResourceExt as _};
+use lbpool_controller::agents::{POOL_LABEL, REJECTED_ANNOTATION, SERVED_ANNOTATION};
+use lbpool_controller::desired::CONFIG_KEY;
+use lbpool_controller::model::RUNTIME_API_SOCKET;
+use lbpool_controller::render::{config_hash, revision};
+use lbpool_controller::validate::{HaproxyValidator, ValidationError, Validator as _};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::apply::{ApplyError, Applier, Outcome};
+use crate::metrics::Metrics;
+use crate::runtime::{self, Socket};
+
+/// How often the agent looks again while something is left to do
+/// (servers draining, a report or an apply to retry).
+const TICK: Duration = Duration::from_secs(1);
+/// The longest refusal message put on the pod.
+const MESSAGE_MAX: usize = 512;
+
+/// Command-line arguments (each also read from the environment).
+#[derive(Debug, clap::Parser)]
+#[command(name = "lbpool-agent", version, about)]
+pub struct Args {
+    /// The pool's generated ConfigMap (`spec.haproxy.configMap`).
+    #[arg(long, env = "LBPOOL_CONFIG_MAP")]
+    pub config_map: String,
+    /// The pod's namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// The pod's name (downward API): the agent reports on it.
+    #[arg(long, env = "POD_NAME")]
+    pub pod: String,
+    /// The file HAProxy loads (`haproxy -f`), in a volume both share.
+    #[arg(long, env = "LBPOOL_CONFIG_FILE", default_value = "/run/haproxy/haproxy.cfg")]
+    pub file: PathBuf,
+    /// HAProxy's Runtime API (the `stats socket` the InPlace config declares).
+    #[arg(long, env = "LBPOOL_ADMIN_SOCKET", default_value = RUNTIME_API_SOCKET)]
+    pub admin_socket: PathBuf,
+    /// HAProxy's master CLI (`haproxy -W -S <path>`).
+    #[arg(long, env = "LBPOOL_MASTER_SOCKET", default_value = "/run/haproxy/master.sock")]
+    pub master_socket: PathBuf,
+    /// The haproxy binary that checks each config (`haproxy -c`).
+    #[arg(long, env = "LBPOOL_HAPROXY_BIN", default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
+    /// `/started`, `/ready`, `/live` and `/metrics`.
+    #[arg(long, env = "LBPOOL_AGENT_ADDR", default_value = "0.0.0.0:9101")]
+    pub listen: SocketAddr,
+    /// Log lines as JSON.
+    #[arg(long, env = "LBPOOL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// A config from the ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Wanted {
+    text: String,
+    hash: String,
+    /// The pool, from the ConfigMap's label.
+    pool: Option<String>,
+}
+
+impl Wanted {
+    fn of(cm: &ConfigMap) -> Option<Self> {
+        let text = cm.data.as_ref()?.get(CONFIG_KEY)?.clone();
+        Some(Self {
+            hash: config_hash(&text),
+            pool: cm.labels().get(POOL_LABEL).cloned(),
+            text,
+        })
+    }
+}
+
+/// What the agent tells the API about its pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Said {
+    pool: Option<String>,
+    served: Option<String>,
+    /// `<hash> <message>`.
+    rejected: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Health {
+    /// The first config is in the file: HAProxy may start.
+    started: Arc<AtomicBool>,
+    /// HAProxy serves a config this agent applied and reported.
+    ready: Arc<AtomicBool>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;
+    let metrics = Metrics::default();
+    let health = Health::default();
+    let admin = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    tokio::spawn(serve(admin, health.clone(), metrics.clone()));
+
+    let (wanted_tx, wanted) = watch::channel(None);
+    tokio::spawn(watch_config_map(
+        Api::namespaced(client.clone(), &args.namespace),
+        args.config_map.clone(),
+        wanted_tx,
+    ));
+    info!(config_map = %args.config_map, pod = %args.pod, file = %args.file.display(), "lbpool-agent started");
+    let agent = Agent {
+        pods: Api::namespaced(client, &args.namespace),
+        pod: args.pod.clone(),
+        metrics,
+        health,
+        said: Said::default(),
+        told: Said::default(),
+    };
+    tokio::select! {
+        result = agent.serve(&args, wanted) => result,
+        () = shutdown() => {
+            info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+struct Agent {
+    pods: Api<Pod>,
+    pod: String,
+    metrics: Metrics,
+    health: Health,
+    /// What the pod should say.
+    said: Said,
+    /// What the API last accepted.
+    told: Said,
+}
+
+impl Agent {
+    async fn serve(
+        mut self,
+        args: &Args,
+        mut wanted: watch::Receiver<Option<Wanted>>,
+    ) -> anyhow::Result<()> {
+        let master = Socket::new(&args.master_socket);
+        let validator = HaproxyValidator::new(&args.haproxy_bin);
+        let running = self
+            .first_config(&args.file, &master, &validator, &mut wanted)
+            .await?;
+        self.health.started.store(true, Ordering::Release);
+        wait_for_haproxy(&master).await;
+        let mut applier = Applier::new(
+            args.file.clone(),
+            Socket::new(&args.admin_socket),
+            master,
+            Box::new(validator),
+            &running.text,
+        );
+        self.said = Said {
+            pool: running.pool.clone(),
+            served: Some(running.hash.clone()),
+            rejected: None,
+        };
+        info!(config = revision(&running.hash), "HAProxy serves its first config");
+        // A config left to apply after a failure, retried at the next tick.
+        let mut retry = false;
+        loop {
+            self.report().await;
+            let idle = !retry && applier.draining().is_empty() && self.said == self.told;
+            if idle {
+                if wanted.changed().await.is_err() {
+                    anyhow::bail!("the ConfigMap watch ended");
+                }
+            } else {
+                let _ = tokio::time::timeout(TICK, wanted.changed()).await;
+            }
+            let next = wanted.borrow_and_update().clone();
+            if let Some(next) = next {
+                retry = !self.apply(&mut applier, next).await;
+            }
+            if !applier.draining().is_empty() {
+                match applier.delete_drained().await {
+                    Ok(left) => debug!(left, "drained servers deleted"),
+                    Err(e) => warn!(error = %e, "deleting drained servers failed; retrying"),
+                }
+            }
+            self.metrics
+                .draining
+                .set(i64::try_from(applier.draining().len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The config HAProxy starts with. If HAProxy already runs (this agent
+    /// restarted), the file it loaded; else the first config from the
+    /// ConfigMap that `haproxy -c` accepts, written to the file.
+    async fn first_config(
+        &mut self,
+        file: &Path,
+        master: &Socket,
+        validator: &HaproxyValidator,
+        wanted: &mut watch::Receiver<Option<Wanted>>,
+    ) -> anyhow::Result<Wanted> {
+        if runtime::processes(master).await.is_ok()
+            && let Ok(text) = tokio::fs::read_to_string(file).await
+        {
+            info!("HAProxy runs already; taking over its config file");
+            return Ok(Wanted {
+                hash: config_hash(&text),
+                pool: wanted.borrow().as_ref().and_then(|w| w.pool.clone()),
+                text,
+            });
+        }
+        loop {
+            let next = wanted.borrow_and_update().clone();
+            if let Some(next) = next {
+                match validator.check(&next.text).await {
+                    Ok(()) => {
+                        write_file(file, &next.text).await?;
+                        info!(config = revision(&next.hash), "first config written; HAProxy may start");
+                        return Ok(next);
+                    }
+                    Err(ValidationError::Rejected(message)) => {
+                        self.refused(&next, &message);
+                        self.report().await;
+                    }
+                    Err(e) => return Err(e).context("haproxy -c"),
+                }
+            }
+            wanted
+                .changed()
+                .await
+                .context("the ConfigMap watch ended before a first config")?;
+        }
+    }
+
+    /// Applies `next`; false if it should be tried again.
+    async fn apply(&mut self, applier: &mut Applier, next: Wanted) -> bool {
+        self.said.pool.clone_from(&next.pool);
+        let rejected_already = self
+            .said
+            .rejected
+            .as_deref()
+            .is_some_and(|r| r.split(' ').next() == Some(next.hash.as_str()));
+        if self.said.served.as_deref() == Some(next.hash.as_str()) || rejected_already {
+            return true;
+        }
+        let started = Instant::now();
+        match applier.apply(&next.text).await {
+            Ok(outcome) => {
+                let kind = match &outcome {
+                    Outcome::Noop => "noop",
+                    Outcome::Runtime(_) => "runtime",
+                    Outcome::Reload(_) => "reload",
+                };
+                self.metrics.applied(kind, started.elapsed());
+                match outcome {
+                    Outcome::Reload(why) => {
+                        info!(config = revision(&next.hash), took = ?started.elapsed(), %why, "applied with a seamless reload");
+                    }
+                    Outcome::Runtime(changes) => {
+                        info!(config = revision(&next.hash), took = ?started.elapsed(), changes, "applied through the Runtime API");
+                    }
+                    Outcome::Noop => {}
+                }
+                self.said.served = Some(next.hash);
+                self.said.rejected = None;
+                true
+            }
+            Err(ApplyError::Rejected(message)) => {
+                self.metrics.failed("rejected");
+                self.refused(&next, &message);
+                true
+            }
+            Err(e) => {
+                let reason = match &e {
+                    ApplyError::Rejected(_) => "rejected",
+                    ApplyError::Check(_) => "check",
+                    ApplyError::Write { .. } => "write",
+                    ApplyError::Reload(_) | ApplyError::ReloadTimeout => "reload",
+                };
+                self.metrics.failed(reason);
+                warn!(config = revision(&next.hash), error = %e, "applying the config failed; retrying");
+                false
+            }
+        }
+    }
+
+    fn refused(&mut self, next: &Wanted, message: &str) {
+        warn!(config = revision(&next.hash), %message, "haproxy -c rejected the config; HAProxy keeps its last one");
+        let line: String = message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(MESSAGE_MAX)
+            .collect();
+        self.said.pool.clone_from(&next.pool);
+        self.said.rejected = Some(format!("{} {line}", next.hash));
+    }
+
+    /// Puts [`Said`] on the pod, when it changed; a failure is retried at
+    /// the next tick.
+    async fn report(&mut self) {
+        if self.said == self.told {
+            return;
+        }
+        let patch = json!({
+            "metadata": {
+                "labels": {POOL_LABEL: self.said.pool},
+                "annotations": {
+                    SERVED_ANNOTATION: self.said.served,
+                    REJECTED_ANNOTATION: self.said.rejected,
+                },
+            },
+        });
+        match self
+            .pods
+            .patch(&self.pod, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {
+                self.told = self.said.clone();
+                let serving = self.said.served.is_some();
+                self.health.ready.store(serving, Ordering::Release);
+            }
+            Err(e) => {
+                self.metrics.failed("report");
+                warn!(pod = %self.pod, error = %e, "reporting on the pod failed; retrying");
+            }
+        }
+    }
+}
+
+/// Feeds the latest config of ConfigMap `name` into `tx`.
+async fn watch_config_map(
+    api: Api<ConfigMap>,
+    name: String,
+    tx: watch::Sender<Option<Wanted>>,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut configs = watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    loop {
+        match configs.try_next().await {
+            Ok(Some(cm)) => match Wanted::of(&cm) {
+                Some(w) => {
+                    tx.send_if_modified(|current| {
+                        let changed = current.as_ref() != Some(&w);
+                        *current = Some(w);
+                        changed
+                    });
+                }
+                None => warn!(config_map = %name, key = CONFIG_KEY, "ConfigMap has no config"),
+            },
+            Ok(None) => return,
+            Err(e) => warn!(config_map = %name, error = %e, "ConfigMap watch failed; retrying"),
+        }
+    }
+}
+
+/// Waits until HAProxy's master answers and has a worker.
+async fn wait_for_haproxy(master: &Socket) {
+    let started = Instant::now();
+    let mut said = Duration::ZERO;
+    loop {
+        match runtime::processes(master).await {
+            Ok(p) if !p.workers.is_empty() => return,
+            other => {
+                if started.elapsed() >= said + Duration::from_secs(10) {
+                    said = started.elapsed();
+                    info!(waited = ?said, state = ?other.map(|p| p.workers), "waiting for HAProxy");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn write_file(file: &Path, text: &str) -> anyhow::Result<()> {
+    let fresh = file.with_extension("next");
+    tokio::fs::write(&fresh, text)
+        .await
+        .with_context(|| format!("write {}", fresh.display()))?;
+    tokio::fs::rename(&fresh, file)
+        .await
+        .with_context(|| format!("rename to {}", file.display()))
+}
+
+async fn serve(listener: tokio::net::TcpListener, health: Health, metrics: Metrics) {
+    let flag = |f: &Arc<AtomicBool>| {
+        if f.load(Ordering::Acquire) {
+            (StatusCode::OK, "ok")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not yet")
+        }
+    };
+    let (started, ready) = (health.started.clone(), health.ready.clone());
+    let app = Router::new()
+        .route("/live", get(|| async { "ok" }))
+        .route("/started", get(move || async move { flag(&started) }))
+        .route("/ready", get(move || async move { flag(&ready) }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "admin server failed");
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
