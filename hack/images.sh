@@ -5,16 +5,17 @@
 #   lbpool.local/haproxy      Debian bookworm's haproxy 2.6 (the major of the
 #                             manifests' haproxy:2.6), entrypoint haproxy
 #   lbpool.local/controller   lbpool-controller, with that haproxy for `haproxy -c`
+#   lbpool.local/agent        lbpool-agent (the InPlace sidecar), with that haproxy
 #   lbpool.local/webapp       the demo backend
 #
-# The haproxy, controller and webapp images share one base layer: a minimal
+# The haproxy, controller, agent and webapp images share one base layer: a minimal
 # Debian root filesystem with haproxy (mmdebstrap, from Debian's packages),
 # built once and cached. Each image is tagged by the digest of its manifest
 # (lbpool.local/controller:3f2a9c...) and also named :local, the tag
 # manifests/overlays/local/ uses; the Dockerfiles describe the same images for
 # users with Docker.
 #
-#   hack/images.sh                    build (or reuse) all four; print the archives
+#   hack/images.sh                    build (or reuse) all five; print the archives
 #   hack/images.sh --import SOCKET    ... and import them into a node's containerd
 #
 # Environment: LBPOOL_CACHE (cache root), LBPOOL_IMAGE_PROFILE (cargo profile
@@ -65,7 +66,7 @@ say "workspace binaries (cargo profile $profile)"
   die "cargo build failed"
 target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
-for b in lbpool-controller webapp; do
+for b in lbpool-controller lbpool-agent webapp; do
   # Stripped: the debug info of a dev build would be most of the image.
   objcopy --strip-debug "$bin_dir/$b" "$out/work/$b"
 done
@@ -86,6 +87,8 @@ image haproxy --layer "$base" --entrypoint '["/usr/sbin/haproxy"]' \
   --cmd '["-W","-db","-f","/usr/local/etc/haproxy/haproxy.cfg"]'
 image controller --layer "$base" --file "$out/work/lbpool-controller:/usr/local/bin/lbpool-controller:0755" \
   --entrypoint '["/usr/local/bin/lbpool-controller"]' --user 65532:65532
+image agent --layer "$base" --file "$out/work/lbpool-agent:/usr/local/bin/lbpool-agent:0755" \
+  --entrypoint '["/usr/local/bin/lbpool-agent"]' --user 65532:65532
 image webapp --layer "$base" --file "$out/work/webapp:/usr/local/bin/webapp:0755" \
   --entrypoint '["/usr/local/bin/webapp"]' --user 65532:65532
 

@@ -114,6 +114,9 @@ mod tests {
             text.contains(r#"lbpool_agent_failures_total{reason="rejected"} 1"#),
             "{text}"
         );
-        assert!(text.contains("lbpool_agent_apply_seconds_count 3"), "{text}");
+        assert!(
+            text.contains("lbpool_agent_apply_seconds_count 3"),
+            "{text}"
+        );
     }
 }

@@ -33,7 +33,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::apply::{ApplyError, Applier, Outcome};
+use crate::apply::{Applier, ApplyError, Outcome};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Socket};
 
@@ -57,13 +57,21 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub pod: String,
     /// The file HAProxy loads (`haproxy -f`), in a volume both share.
-    #[arg(long, env = "LBPOOL_CONFIG_FILE", default_value = "/run/haproxy/haproxy.cfg")]
+    #[arg(
+        long,
+        env = "LBPOOL_CONFIG_FILE",
+        default_value = "/run/haproxy/haproxy.cfg"
+    )]
     pub file: PathBuf,
     /// HAProxy's Runtime API (the `stats socket` the InPlace config declares).
     #[arg(long, env = "LBPOOL_ADMIN_SOCKET", default_value = RUNTIME_API_SOCKET)]
     pub admin_socket: PathBuf,
     /// HAProxy's master CLI (`haproxy -W -S <path>`).
-    #[arg(long, env = "LBPOOL_MASTER_SOCKET", default_value = "/run/haproxy/master.sock")]
+    #[arg(
+        long,
+        env = "LBPOOL_MASTER_SOCKET",
+        default_value = "/run/haproxy/master.sock"
+    )]
     pub master_socket: PathBuf,
     /// The haproxy binary that checks each config (`haproxy -c`).
     #[arg(long, env = "LBPOOL_HAPROXY_BIN", default_value = "haproxy")]
@@ -185,7 +193,10 @@ impl Agent {
             served: Some(running.hash.clone()),
             rejected: None,
         };
-        info!(config = revision(&running.hash), "HAProxy serves its first config");
+        info!(
+            config = revision(&running.hash),
+            "HAProxy serves its first config"
+        );
         // A config left to apply after a failure, retried at the next tick.
         let mut retry = false;
         loop {
@@ -240,7 +251,10 @@ impl Agent {
                 match validator.check(&next.text).await {
                     Ok(()) => {
                         write_file(file, &next.text).await?;
-                        info!(config = revision(&next.hash), "first config written; HAProxy may start");
+                        info!(
+                            config = revision(&next.hash),
+                            "first config written; HAProxy may start"
+                        );
                         return Ok(next);
                     }
                     Err(ValidationError::Rejected(message)) => {
@@ -265,7 +279,12 @@ impl Agent {
             .rejected
             .as_deref()
             .is_some_and(|r| r.split(' ').next() == Some(next.hash.as_str()));
-        if self.said.served.as_deref() == Some(next.hash.as_str()) || rejected_already {
+        if self.said.served.as_deref() == Some(next.hash.as_str()) {
+            // Back to the config HAProxy serves: an earlier refusal is history.
+            self.said.rejected = None;
+            return true;
+        }
+        if rejected_already {
             return true;
         }
         let started = Instant::now();
@@ -356,11 +375,7 @@ impl Agent {
 }
 
 /// Feeds the latest config of ConfigMap `name` into `tx`.
-async fn watch_config_map(
-    api: Api<ConfigMap>,
-    name: String,
-    tx: watch::Sender<Option<Wanted>>,
-) {
+async fn watch_config_map(api: Api<ConfigMap>, name: String, tx: watch::Sender<Option<Wanted>>) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut configs = watcher(api, config)
         .default_backoff()

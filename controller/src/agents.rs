@@ -49,8 +49,7 @@ impl<'a> Report<'a> {
             ready: is_ready(pod),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             served: annotation(SERVED_ANNOTATION),
-            rejected: annotation(REJECTED_ANNOTATION)
-                .map(|r| r.split_once(' ').unwrap_or((r, ""))),
+            rejected: annotation(REJECTED_ANNOTATION).map(|r| r.split_once(' ').unwrap_or((r, ""))),
         }
     }
 }
@@ -166,7 +165,10 @@ mod tests {
         let d = deployment(2);
         let half = in_place(
             &d,
-            &[report("a", true, Some("new")), report("b", true, Some("old"))],
+            &[
+                report("a", true, Some("new")),
+                report("b", true, Some("old")),
+            ],
             "new",
         );
         assert!(!half.complete);

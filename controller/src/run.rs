@@ -27,8 +27,8 @@ use lbpool_crds::LoadBalancerPool;
 use tracing::{debug, error, info};
 
 use crate::admin::{self, Health, Role};
-use crate::cache::{self, Caches, SERVICE_NAME_LABEL, Writers};
 use crate::agents::{self, POOL_LABEL};
+use crate::cache::{self, Caches, SERVICE_NAME_LABEL, Writers};
 use crate::desired::MANAGER;
 use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;

@@ -234,11 +234,7 @@ mod tests {
         let at = Timestamp::from_second(1_700_000_100).expect("time");
         assert_eq!(
             in_place(found(Stale, deployed, None)),
-            (
-                ConfigMapWrite::Apply,
-                false,
-                DeploymentState::Rolled { at }
-            )
+            (ConfigMapWrite::Apply, false, DeploymentState::Rolled { at })
         );
         assert_eq!(
             in_place(found(Current, deployed, None)),

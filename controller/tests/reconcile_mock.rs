@@ -866,7 +866,9 @@ async fn in_place_writes_the_config_map_and_leaves_the_deployment_alone() {
     let p = in_place_pool();
     let c = expected_config_of(&p);
     assert!(
-        c.text.contains("stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners"),
+        c.text.contains(
+            "stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners"
+        ),
         "the agent's Runtime API is in the config:\n{}",
         c.text
     );
@@ -889,7 +891,10 @@ async fn in_place_writes_the_config_map_and_leaves_the_deployment_alone() {
     let ready = condition(status, "Ready");
     assert_eq!(ready["status"], "False", "{status}");
     assert!(
-        ready["message"].as_str().unwrap_or_default().contains("0/2 HAProxy pods serve it"),
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("0/2 HAProxy pods serve it"),
         "{ready}"
     );
     assert!(status["status"]["lastRolloutTime"].is_string(), "{status}");
@@ -912,7 +917,11 @@ async fn a_config_an_agent_refuses_is_reported_on_the_status() {
     let c = expected_config_of(&p);
     let mut world = published(&c.hash, &c.text, "sha256:whatever");
     world.agents = vec![
-        agent_pod("haproxy-a", "sha256:0ld0000000", Some(&format!("{} unknown keyword 'foo'", c.hash))),
+        agent_pod(
+            "haproxy-a",
+            "sha256:0ld0000000",
+            Some(&format!("{} unknown keyword 'foo'", c.hash)),
+        ),
         agent_pod("haproxy-b", &c.hash, None),
     ];
     let sent = run(p, &world, FakeValidator::accepting(), vec![status_apply()]).await;

@@ -47,7 +47,7 @@ impl Env {
     }
 
     /// The published config's hash annotation and text, from one read.
-    async fn published(&self) -> Result<(String, String), String> {
+    pub async fn published(&self) -> Result<(String, String), String> {
         let cm = self
             .config_maps
             .get("webapp-haproxy")
@@ -228,7 +228,7 @@ pub fn apply_demo(ns: &str, files: &[&str]) {
 }
 
 /// Addresses of the `server` lines of a haproxy.cfg.
-fn addresses(cfg: &str) -> BTreeSet<String> {
+pub fn addresses(cfg: &str) -> BTreeSet<String> {
     cfg.lines()
         .filter_map(|l| l.trim().strip_prefix("server "))
         .filter_map(|l| l.split_whitespace().nth(1))

@@ -53,7 +53,43 @@ pub struct Demo {
 /// controller and the example pool, and finds the Service's address.
 pub async fn demo() -> Demo {
     static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(install);
+    INSTALLED.get_or_init(|| {
+        install(
+            &std::env::var("LBPOOL_E2E_MANIFESTS")
+                .unwrap_or_else(|_| "manifests/overlays/local".into()),
+        )
+    });
+    found().await
+}
+
+/// [`demo`] with its HAProxy `InPlace` (`manifests/components/in-place`):
+/// `LBPOOL_E2E_IN_PLACE_MANIFESTS`, by default
+/// `manifests/overlays/local-in-place` (kind: `manifests/overlays/in-place`).
+/// Applied over the plain demo, it switches the pool and the HAProxy
+/// Deployment; [`demo`] in a later process switches them back.
+pub async fn demo_in_place() -> Demo {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        install(
+            &std::env::var("LBPOOL_E2E_IN_PLACE_MANIFESTS")
+                .unwrap_or_else(|_| "manifests/overlays/local-in-place".into()),
+        );
+        if let Err(e) = kubectl(&[
+            "rollout",
+            "status",
+            "deployment/haproxy",
+            "-n",
+            NS,
+            "--timeout=240s",
+        ]) {
+            dump();
+            panic!("the InPlace HAProxy Deployment: {e}");
+        }
+    });
+    found().await
+}
+
+async fn found() -> Demo {
     let service_ip = || {
         kubectl(&[
             "get",
@@ -84,9 +120,7 @@ pub async fn demo() -> Demo {
     }
 }
 
-fn install() {
-    let manifests =
-        std::env::var("LBPOOL_E2E_MANIFESTS").unwrap_or_else(|_| "manifests/overlays/local".into());
+fn install(manifests: &str) {
     let nodes =
         kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]).expect("list nodes");
     let real = kubectl(&["get", "nodes", "-l", "type!=kwok", "-o", "name"]).unwrap_or_default();
@@ -96,7 +130,7 @@ fn install() {
          start one with LBPOOL_NODE=real hack/local-cluster.sh up (root), or use kind (hack/kind.sh)"
     );
     install_crd();
-    apply_kustomization(&manifests);
+    apply_kustomization(manifests);
     for (what, args) in [
         (
             "the controller Deployment",
@@ -159,6 +193,16 @@ fn dump() {
             "-n",
             "lbpool-system",
             "deployment/lbpool-controller",
+        ][..],
+        &[
+            "logs",
+            "--tail=100",
+            "--prefix",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/name=haproxy",
+            "--all-containers",
         ][..],
     ] {
         match kubectl(args) {
@@ -288,6 +332,172 @@ impl Demo {
     pub async fn haproxy_generation(&self) -> i64 {
         self.haproxy().await.metadata.generation.unwrap_or_default()
     }
+}
+
+/// Annotation an InPlace agent puts on its pod: the config HAProxy serves.
+pub const SERVED: &str = "lbpool.dev/served-hash";
+
+/// One InPlace HAProxy pod, to compare before and after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HaproxyPod {
+    pub uid: String,
+    /// Restarts of its containers, all together.
+    pub restarts: i32,
+    /// Its agent's `lbpool_agent_updates_total`: seamless reloads…
+    pub reloads: f64,
+    /// …and changes through the Runtime API.
+    pub runtime: f64,
+    /// Configs its agent's `haproxy -c` refused.
+    pub refused: f64,
+    pub served: String,
+}
+
+/// The metrics of the agent in `pod`, through the API server's pod proxy
+/// (which reaches pod IPs on the local node and in kind alike).
+pub fn agent_metrics(pod: &str) -> Result<String, String> {
+    kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{NS}/pods/{pod}:9101/proxy/metrics"),
+    ])
+    .map_err(|e| e.to_string())
+}
+
+impl Demo {
+    /// Waits until only `n` webapp pods are left: removed ones keep serving
+    /// through their preStop, and a test under load waits for their exit
+    /// so that it is under load too.
+    pub async fn webapp_pods_left(&self, n: usize) {
+        eventually(
+            "the removed webapp pods to exit",
+            Duration::from_secs(120),
+            || async {
+                let all = self
+                    .env
+                    .pods
+                    .list(&ListParams::default().labels("app.kubernetes.io/name=webapp"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if all.items.len() == n {
+                    Ok(())
+                } else {
+                    Err(format!("{} webapp pods", all.items.len()))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// InPlace: waits until the agents serve exactly the `n` ready webapp
+    /// pods ([`Demo::in_place_now`]); returns the config hash.
+    pub async fn served_in_place(&self, n: usize) -> String {
+        eventually(
+            &format!("the agents to serve {n} ready pods"),
+            ROLLOUT_WAIT,
+            || async { self.in_place_now(n).await },
+        )
+        .await
+    }
+
+    /// Whether, now, the ConfigMap and the status name the `n` ready webapp
+    /// pods, the pool is Ready, and every HAProxy pod's agent reports it
+    /// serves that config.
+    pub async fn in_place_now(&self, n: usize) -> Result<String, String> {
+        let pods = self.env.ready_pod_ips().await;
+        let (published, text) = self.env.published().await?;
+        let config = crate::demo::addresses(&text);
+        let status = self.env.status().await;
+        let hash = status.config_hash.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let want = usize::try_from(self.haproxy().await.spec.replicas.unwrap_or(1)).unwrap_or(0);
+        let haproxy = self.pods("app.kubernetes.io/name=haproxy").await;
+        let served: Vec<String> = haproxy
+            .iter()
+            .map(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SERVED))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if pods.len() == n
+            && config == pods
+            && published == hash
+            && status.ready_backends as usize == n
+            && ready
+            && haproxy.len() == want
+            && served.iter().all(|s| *s == hash)
+        {
+            Ok(hash)
+        } else {
+            Err(format!(
+                "pods {pods:?}, config {config:?}, ready backends {}, Ready {ready}, status hash {hash}, ConfigMap hash {published}, HAProxy pods serve {served:?}",
+                status.ready_backends
+            ))
+        }
+    }
+
+    /// Every HAProxy pod not being deleted, by name.
+    pub async fn haproxy_pods(&self) -> BTreeMap<String, HaproxyPod> {
+        let mut out = BTreeMap::new();
+        for p in self.pods("app.kubernetes.io/name=haproxy").await {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let metrics = agent_metrics(&name)
+                .unwrap_or_else(|e| panic!("the agent's metrics in pod {name}: {e}"));
+            let st = p.status.clone().unwrap_or_default();
+            let restarts = st
+                .container_statuses
+                .iter()
+                .chain(st.init_container_statuses.iter())
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum();
+            let counter = |series: &str| crate::metric(&metrics, series);
+            out.insert(
+                name,
+                HaproxyPod {
+                    uid: p.metadata.uid.clone().unwrap_or_default(),
+                    restarts,
+                    reloads: counter(r#"lbpool_agent_updates_total{kind="reload"}"#),
+                    runtime: counter(r#"lbpool_agent_updates_total{kind="runtime"}"#),
+                    refused: counter(r#"lbpool_agent_failures_total{reason="rejected"}"#),
+                    served: p
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(SERVED))
+                        .cloned()
+                        .unwrap_or_default(),
+                },
+            );
+        }
+        out
+    }
+}
+
+/// A merge patch of the example pool.
+pub fn patch_pool(patch: &str) {
+    patch_pool_as("merge", patch);
+}
+
+/// A patch of the example pool of `kind` (`merge`, `json`).
+pub fn patch_pool_as(kind: &str, patch: &str) {
+    kubectl(&[
+        "patch",
+        "lbp",
+        "webapp",
+        "-n",
+        NS,
+        &format!("--type={kind}"),
+        "-p",
+        patch,
+    ])
+    .unwrap_or_else(|e| panic!("patch the pool with {patch}: {e}"));
 }
 
 fn ready(p: &Pod) -> bool {

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use lbpool_tests::e2e::{Load, NS, Rollouts, demo, serial};
+use lbpool_tests::e2e::{Load, NS, Rollouts, demo, patch_pool, serial};
 use lbpool_tests::{eventually, http, kubectl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,26 +107,7 @@ async fn e2e_scaling_under_load_fails_no_request() {
         );
         rollouts.push((n, seen));
     }
-    // Removed webapp pods keep serving through their preStop; wait for them
-    // to go while the load goes on, so their exit is under load too.
-    eventually(
-        "the removed webapp pods to exit",
-        Duration::from_secs(120),
-        || async {
-            let all = demo
-                .env
-                .pods
-                .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=webapp"))
-                .await
-                .map_err(|e| e.to_string())?;
-            if all.items.len() == 2 {
-                Ok(())
-            } else {
-                Err(format!("{} webapp pods", all.items.len()))
-            }
-        },
-    )
-    .await;
+    demo.webapp_pods_left(2).await;
     let report = load.stop().await;
     println!("scaling 2 -> 6 -> 2 through the Service under load: {report}");
     for (n, r) in &rollouts {
@@ -297,20 +278,6 @@ async fn e2e_the_leader_pod_deleted_mid_burst_is_replaced_by_the_standby_without
         "one or two rollouts for the burst, not {}",
         after - before
     );
-}
-
-fn patch_pool(patch: &str) {
-    kubectl(&[
-        "patch",
-        "lbp",
-        "webapp",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        patch,
-    ])
-    .expect("patch the pool");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
