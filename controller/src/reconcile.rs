@@ -72,9 +72,10 @@ pub struct Context {
     validated: Mutex<HashMap<String, String>>,
     /// Consecutive failures per pool, for backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// When this process last rolled each pool. The pool in the watch cache
-    /// can lag behind the status this process just wrote; the rate limit must
-    /// not (the later of the two counts).
+    /// When this process last rolled each pool, exactly (the status stores
+    /// it rounded up to the second). The pool in the watch cache can lag
+    /// behind the status this process just wrote; the rate limit must not
+    /// (the later of the two counts).
     rollouts: Mutex<HashMap<String, Timestamp>>,
     /// What this process last said about each pool, for the same reason: a
     /// stale cached status must not repeat an Event or a log line.
@@ -226,6 +227,17 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn whole_second_before(t: Timestamp) -> Timestamp {
     let second = t.as_second() - i64::from(t.subsec_nanosecond() < 0);
     Timestamp::from_second(second).unwrap_or(t)
+}
+
+/// The latest rollout: the later of the one this process remembers (exact)
+/// and the one the status records (rounded up to the second). When the
+/// status holds this process's own rollout, the exact time counts, or a
+/// short `rollout.minInterval` would wait for the next whole second.
+fn last_rollout(remembered: Option<Timestamp>, recorded: Option<Timestamp>) -> Option<Timestamp> {
+    match (remembered, recorded) {
+        (Some(exact), Some(stored)) if whole_second_after(exact) >= stored => Some(exact),
+        (remembered, recorded) => remembered.max(recorded),
+    }
 }
 
 /// The first whole second at or after `t`.
@@ -516,7 +528,7 @@ async fn publish(
         .as_ref()
         .and_then(|s| s.last_rollout_time.as_ref())
         .map(|t| t.0);
-    let last_rollout = recorded.max(lock(&ctx.rollouts).get(&pool_key).copied());
+    let last_rollout = last_rollout(lock(&ctx.rollouts).get(&pool_key).copied(), recorded);
     let wanted = desired::config_map(pool, &p.config);
     let step = p.strategy.step(&Found {
         config_map: match &p.config_map {
@@ -611,8 +623,8 @@ async fn publish(
         }
         _ => step.state,
     };
-    if let DeploymentState::Rolled { at } = state {
-        lock(&ctx.rollouts).insert(pool_key.clone(), at);
+    if let DeploymentState::Rolled { .. } = state {
+        lock(&ctx.rollouts).insert(pool_key.clone(), now);
         if !step.roll {
             info!(pool = %pool_key, config_map = %cm_name, config = p.config.revision(), backends = p.model.servers.len(), "config published to the agents");
         }
@@ -792,6 +804,21 @@ mod tests {
         fn check<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), ValidationError>> {
             Box::pin(async { Ok(()) })
         }
+    }
+
+    #[test]
+    fn the_exact_time_of_an_own_rollout_counts() {
+        let exact = Timestamp::from_second(100)
+            .and_then(|t| t.checked_add(jiff::SignedDuration::from_millis(200)))
+            .expect("time");
+        let stored = Timestamp::from_second(101).expect("time");
+        // The status holds this rollout, rounded up.
+        assert_eq!(last_rollout(Some(exact), Some(stored)), Some(exact));
+        // A newer rollout of another process (a new leader) counts.
+        let newer = Timestamp::from_second(105).expect("time");
+        assert_eq!(last_rollout(Some(exact), Some(newer)), Some(newer));
+        assert_eq!(last_rollout(None, Some(stored)), Some(stored));
+        assert_eq!(last_rollout(Some(exact), None), Some(exact));
     }
 
     #[tokio::test]
