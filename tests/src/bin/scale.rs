@@ -31,7 +31,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use lbpool_crds::LoadBalancerPool;
-use lbpool_tests::{ControllerProcess, admin_client, free_local_addr, metric, scratch_dir};
+use lbpool_tests::{
+    ControllerProcess, admin_client, free_local_addr, metric, percentile, scratch_dir,
+};
 use serde_json::json;
 
 fn arg(name: &str) -> Option<String> {
@@ -192,14 +194,6 @@ fn total(text: &str, name: &str) -> f64 {
 
 async fn metrics(admin: SocketAddr) -> String {
     lbpool_tests::metrics_text(admin).await.unwrap_or_default()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn wait_config(

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reload benchmark: InPlace and RollingUpdate side by side on a local real
+# node of its own (root), rollout.minInterval at its minimum. Prints p50/p99
+# of the time from an EndpointSlice change to the new server UP in every
+# ready HAProxy pod (tests/src/bin/reload.rs says how it is measured).
+#   hack/reload-bench.sh [CHANGES] [ROLLING_CHANGES]     (default 200 and 20)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+changes=${1:-200}
+rolling=${2:-20}
+cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
+target=${CARGO_TARGET_DIR:-$root/target}
+say() { printf '[reload-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+bash hack/deps.sh
+bin=$(bash hack/build-binaries.sh | tail -n 1)
+export LBPOOL_CLUSTER_DIR="$cache/reload-bench-cluster"
+export LBPOOL_ETCD_PORT=${LBPOOL_BENCH_ETCD_PORT:-24990}
+export LBPOOL_APISERVER_PORT=${LBPOOL_BENCH_APISERVER_PORT:-27643}
+trap 'bash hack/local-cluster.sh down >/dev/null 2>&1 || true' EXIT
+bash hack/local-cluster.sh down >/dev/null 2>&1 || true
+say "local control plane and a real node (builds and imports the images)"
+LBPOOL_KUBECONFIG=$(LBPOOL_NODE=real bash hack/local-cluster.sh up | tail -n 1)
+export LBPOOL_KUBECONFIG LBPOOL_KUBECTL="$bin/kubectl"
+cargo build --locked -p lbpool-tests --bin reload
+say "$changes InPlace changes, $rolling RollingUpdate changes"
+"$target/debug/reload" --changes "$changes" --rolling-changes "$rolling"
