@@ -145,3 +145,46 @@ async fn the_controller_pod_passes_the_restricted_pod_security_standard() {
         "{err}"
     );
 }
+
+/// The InPlace agent (`manifests/components/in-place/agent-rbac.yaml`): its
+/// pool's ConfigMap, by name, and patches of pods; nothing else.
+#[test]
+fn the_in_place_agent_may_read_its_config_map_and_patch_pods_only() {
+    lbpool_tests::apply_yaml(
+        "demo",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n",
+    )
+    .expect("namespace demo");
+    let rbac = lbpool_tests::repo().join("manifests/components/in-place/agent-rbac.yaml");
+    kubectl(&["apply", "--server-side", "-f", &rbac.to_string_lossy()])
+        .expect("apply the agent's RBAC");
+    let agent = "system:serviceaccount:demo:haproxy-agent";
+    let can = |what: &str| {
+        let mut args = vec!["auth", "can-i"];
+        args.extend(what.split(' '));
+        args.extend(["--as", agent, "-n", "demo"]);
+        let answer = kubectl(&args).unwrap_or_else(|e| e.to_string());
+        answer.trim_end().ends_with("yes")
+    };
+    for allowed in [
+        "get configmaps/webapp-haproxy",
+        "list configmaps/webapp-haproxy",
+        "watch configmaps/webapp-haproxy",
+        "patch pods",
+    ] {
+        assert!(can(allowed), "the agent may {allowed}");
+    }
+    for forbidden in [
+        "get configmaps/other",
+        "list configmaps",
+        "patch configmaps/webapp-haproxy",
+        "get pods",
+        "list pods",
+        "delete pods",
+        "create pods",
+        "get secrets",
+        "list loadbalancerpools.lbpool.dev",
+    ] {
+        assert!(!can(forbidden), "the agent may not {forbidden}");
+    }
+}
