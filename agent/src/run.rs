@@ -347,15 +347,19 @@ impl Agent {
         if self.said == self.told {
             return;
         }
-        let patch = json!({
+        let mut patch = json!({
             "metadata": {
-                "labels": {POOL_LABEL: self.said.pool},
                 "annotations": {
                     SERVED_ANNOTATION: self.said.served,
                     REJECTED_ANNOTATION: self.said.rejected,
                 },
             },
         });
+        // Not known yet (the ConfigMap not seen yet): the label is left as
+        // it is, not removed.
+        if let Some(pool) = &self.said.pool {
+            patch["metadata"]["labels"] = json!({ POOL_LABEL: pool });
+        }
         match self
             .pods
             .patch(&self.pod, &PatchParams::default(), &Patch::Merge(patch))
