@@ -24,7 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use lbpool_crds::LoadBalancerPool;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Health, Role};
 use crate::agents::{self, POOL_LABEL};
@@ -178,11 +178,25 @@ pub fn pools_for_template(
     })
 }
 
-/// Backoff of the watches after an error: 250 ms doubling to at most 5 s,
+/// A watch's errors, logged and dropped: each watch retries on its own
+/// [`WatchBackoff`]. Passed on, an error would pause the controller's whole
+/// trigger stream: after an API server restart, with every watch failing
+/// and relisting in turn, the pools went unwatched for most of a minute.
+fn retrying<K>(
+    watch: &'static str,
+    events: impl futures::Stream<Item = Result<K, watcher::Error>>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> {
+    events.filter(move |event| {
+        if let Err(e) = event {
+            warn!(watch, error = %e, "watch failed; retrying");
+        }
+        std::future::ready(event.is_ok())
+    })
+}
+
+/// Backoff of a watch after an error: 250 ms doubling to at most 5 s,
 /// reset by the next event. kube-runtime's default grows to 30 s and resets
-/// only after 2 quiet minutes; one backoff pauses every watch of the
-/// controller, so after a 5 s API server restart the pools would go unwatched
-/// for most of a minute.
+/// only after 2 quiet minutes.
 #[derive(Debug, Clone)]
 pub struct WatchBackoff {
     next: Duration,
@@ -474,19 +488,22 @@ async fn controller(
     let store = caches.pools.clone();
     let (service_store, slice_store, deployment_store, template_store) =
         (store.clone(), store.clone(), store.clone(), store.clone());
-    let controller = Controller::for_stream(pools, store.clone())
+    let controller = Controller::for_stream(retrying("pools", pools), store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-        .owns_stream(config_maps)
-        .watches_stream(services, move |svc| pools_for_service(&service_store, &svc))
-        .watches_stream(slices, move |slice| pools_for_slice(&slice_store, &slice))
-        .watches_stream(deployments, move |d| {
+        .owns_stream(retrying("generated configmaps", config_maps))
+        .watches_stream(retrying("services", services), move |svc| {
+            pools_for_service(&service_store, &svc)
+        })
+        .watches_stream(retrying("endpointslices", slices), move |slice| {
+            pools_for_slice(&slice_store, &slice)
+        })
+        .watches_stream(retrying("deployments", deployments), move |d| {
             pools_for_deployment(&deployment_store, &d)
         })
-        .watches_stream(config_map_names, move |cm| {
+        .watches_stream(retrying("configmaps", config_map_names), move |cm| {
             pools_for_template(&template_store, &cm)
         })
-        .watches_stream(agents, |pod| pool_of_agent(&pod))
-        .trigger_backoff(WatchBackoff::default())
+        .watches_stream(retrying("agent pods", agents), |pod| pool_of_agent(&pod))
         .graceful_shutdown_on(shutdown);
 
     let synced = async move {
