@@ -659,7 +659,7 @@ async fn publish(
         &p.config,
         &state,
         served.as_ref(),
-        last_rollout,
+        last_rollout.map(whole_second_after),
         &Time(whole_second_before(now)),
     );
     // While the new config waits, the status repeats what the ConfigMap

@@ -934,3 +934,44 @@ async fn a_config_an_agent_refuses_is_reported_on_the_status() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn in_place_keeps_the_recorded_publication_time() {
+    // One process publishes, then the agents report: the second status
+    // must name the same publication time, at the precision the API stores,
+    // or every later reconcile would find a status to rewrite.
+    let p = in_place_pool();
+    let c = expected_config_of(&p);
+    let mut world = published("sha256:old", "old config\n", "sha256:whatever");
+    world.agents = vec![agent_pod("haproxy-a", "sha256:old", None)];
+    let (client, server) = serve(vec![
+        echo(Method::PATCH, &config_map_path()),
+        status_apply(),
+        status_apply(),
+    ]);
+    let (caches, mut writers) = world.caches();
+    let ctx = context(client, FakeValidator::accepting(), caches);
+    reconcile(Arc::new(p.clone()), ctx.clone())
+        .await
+        .expect("publish");
+    let mut cm: ConfigMap = serde_json::from_value(own_config_map(&c.hash, &c.text)).expect("cm");
+    cache::slim_config_map(&mut cm);
+    writers.config_maps.apply_watcher_event(&Event::Apply(cm));
+    for name in ["haproxy-a", "haproxy-b"] {
+        let mut pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(agent_pod(name, &c.hash, None)).expect("pod");
+        lbpool_controller::agents::slim_pod(&mut pod);
+        writers.agents.apply_watcher_event(&Event::Apply(pod));
+    }
+    reconcile(Arc::new(p), ctx.clone())
+        .await
+        .expect("the agents report");
+    drop(ctx);
+    let sent = server.await.expect("the scripted requests");
+    let (published, served) = (&sent[1].1, &sent[2].1);
+    assert_eq!(condition(published, "Ready")["status"], "False");
+    assert_eq!(condition(served, "Ready")["status"], "True", "{served}");
+    let time = |s: &Value| s["status"]["lastRolloutTime"].clone();
+    assert!(time(published).is_string(), "{published}");
+    assert_eq!(time(served), time(published));
+}
