@@ -4,7 +4,7 @@
 //! the file HAProxy loads, so a later reload or restart loads the same
 //! servers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lbpool_controller::validate::{ValidationError, Validator};
@@ -45,6 +45,18 @@ pub enum ApplyError {
     Reload(RuntimeError),
     #[error("reload: no new worker within {RELOAD_WAIT:?}")]
     ReloadTimeout,
+}
+
+/// Replaces `file` whole (a new file renamed over it), so HAProxy never
+/// loads half of it.
+pub async fn write_whole(file: &Path, text: &str) -> Result<(), ApplyError> {
+    let err = |source| ApplyError::Write {
+        path: file.to_owned(),
+        source,
+    };
+    let fresh = file.with_extension("next");
+    tokio::fs::write(&fresh, text).await.map_err(err)?;
+    tokio::fs::rename(&fresh, file).await.map_err(err)
 }
 
 /// The agent's hold on one HAProxy.
@@ -141,16 +153,8 @@ impl Applier {
         Ok(self.draining.len())
     }
 
-    /// Replaces the file whole (a new file renamed over it), so HAProxy
-    /// never loads half of it.
     async fn write(&self, text: &str) -> Result<(), ApplyError> {
-        let err = |source| ApplyError::Write {
-            path: self.file.clone(),
-            source,
-        };
-        let fresh = self.file.with_extension("next");
-        tokio::fs::write(&fresh, text).await.map_err(err)?;
-        tokio::fs::rename(&fresh, &self.file).await.map_err(err)
+        write_whole(&self.file, text).await
     }
 
     /// Asks the master to reload and waits for the new worker; the old

@@ -28,12 +28,13 @@ use lbpool_controller::agents::{POOL_LABEL, REJECTED_ANNOTATION, SERVED_ANNOTATI
 use lbpool_controller::desired::CONFIG_KEY;
 use lbpool_controller::model::RUNTIME_API_SOCKET;
 use lbpool_controller::render::{config_hash, revision};
+use lbpool_controller::run::{LogFormat, init_logging, termination};
 use lbpool_controller::validate::{HaproxyValidator, ValidationError, Validator as _};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::apply::{Applier, ApplyError, Outcome};
+use crate::apply::{Applier, ApplyError, Outcome, write_whole};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Socket};
 
@@ -79,9 +80,9 @@ pub struct Args {
     /// `/started`, `/ready`, `/live` and `/metrics`.
     #[arg(long, env = "LBPOOL_AGENT_ADDR", default_value = "0.0.0.0:9101")]
     pub listen: SocketAddr,
-    /// Log lines as JSON.
-    #[arg(long, env = "LBPOOL_LOG_JSON")]
-    pub log_json: bool,
+    /// Log format.
+    #[arg(long, env = "LBPOOL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 /// A config from the ConfigMap.
@@ -122,7 +123,7 @@ struct Health {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    init_logging(args.log_json);
+    init_logging(args.log_format);
     let client = Client::try_default()
         .await
         .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;
@@ -150,7 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::select! {
         result = agent.serve(&args, wanted) => result,
-        () = shutdown() => {
+        () = termination() => {
             info!("shutting down");
             Ok(())
         }
@@ -250,7 +251,9 @@ impl Agent {
             if let Some(next) = next {
                 match validator.check(&next.text).await {
                     Ok(()) => {
-                        write_file(file, &next.text).await?;
+                        write_whole(file, &next.text)
+                            .await
+                            .context("write the first config")?;
                         info!(
                             config = revision(&next.hash),
                             "first config written; HAProxy may start"
@@ -421,16 +424,6 @@ async fn wait_for_haproxy(master: &Socket) {
     }
 }
 
-async fn write_file(file: &Path, text: &str) -> anyhow::Result<()> {
-    let fresh = file.with_extension("next");
-    tokio::fs::write(&fresh, text)
-        .await
-        .with_context(|| format!("write {}", fresh.display()))?;
-    tokio::fs::rename(&fresh, file)
-        .await
-        .with_context(|| format!("rename to {}", file.display()))
-}
-
 async fn serve(listener: tokio::net::TcpListener, health: Health, metrics: Metrics) {
     let flag = |f: &Arc<AtomicBool>| {
         if f.load(Ordering::Acquire) {
@@ -458,34 +451,5 @@ async fn serve(listener: tokio::net::TcpListener, health: Health, metrics: Metri
         );
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "admin server failed");
-    }
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    // Colours only on a terminal: a container's log is read as plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -342,14 +342,13 @@ pub fn published_status(
                 kind::READY,
                 false,
                 reason::ROLLING_OUT,
-                match pool.spec.reload.strategy {
-                    ReloadStrategy::RollingUpdate => {
-                        rolling_out_message(deployment_name, config, served, deployment)
-                    }
-                    ReloadStrategy::InPlace => {
-                        applying_message(deployment_name, config, served, deployment)
-                    }
-                },
+                rolling_out_message(
+                    pool.spec.reload.strategy,
+                    deployment_name,
+                    config,
+                    served,
+                    deployment,
+                ),
             ),
         },
     };
@@ -418,39 +417,9 @@ pub fn published_status(
     }
 }
 
+/// Why `Ready` is not true yet: what waits, and how far HAProxy is.
 fn rolling_out_message(
-    deployment: &str,
-    config: &RenderedConfig,
-    served: Option<&Served>,
-    state: &DeploymentState,
-) -> String {
-    let Some(sv) = served else {
-        return format!("Deployment {deployment} is not known yet");
-    };
-    let running = sv.status.revision.as_deref().unwrap_or("none");
-    if let DeploymentState::Pending { .. } = state {
-        format!(
-            "config {} waits for rollout.minInterval; Deployment {deployment} and ConfigMap keep config {running} until then",
-            config.revision()
-        )
-    } else if sv.hash.as_deref() != Some(config.hash.as_str()) {
-        format!(
-            "config {} is published; Deployment {deployment} still runs config {running} until its rollout",
-            config.revision()
-        )
-    } else {
-        format!(
-            "Deployment {deployment} rolls out config {}: {}/{} pods updated, {} ready",
-            config.revision(),
-            sv.status.updated_replicas,
-            sv.status.replicas,
-            sv.status.ready_replicas
-        )
-    }
-}
-
-/// `InPlace`: how far the agents are.
-fn applying_message(
+    strategy: ReloadStrategy,
     deployment: &str,
     config: &RenderedConfig,
     served: Option<&Served>,
@@ -460,24 +429,30 @@ fn applying_message(
         return format!("Deployment {deployment} is not known yet");
     };
     let st = &sv.status;
-    if let DeploymentState::Pending { .. } = state {
-        format!(
-            "config {} waits for rollout.minInterval; the ConfigMap keeps config {} until then",
-            config.revision(),
-            st.revision.as_deref().unwrap_or("none")
-        )
-    } else if st.ready_replicas == 0 {
-        format!(
+    let (wanted, running) = (config.revision(), st.revision.as_deref().unwrap_or("none"));
+    match (strategy, state) {
+        (ReloadStrategy::RollingUpdate, DeploymentState::Pending { .. }) => format!(
+            "config {wanted} waits for rollout.minInterval; Deployment {deployment} and ConfigMap keep config {running} until then"
+        ),
+        (ReloadStrategy::InPlace, DeploymentState::Pending { .. }) => format!(
+            "config {wanted} waits for rollout.minInterval; the ConfigMap keeps config {running} until then"
+        ),
+        (ReloadStrategy::RollingUpdate, _) if sv.hash.as_deref() != Some(config.hash.as_str()) => {
+            format!(
+                "config {wanted} is published; Deployment {deployment} still runs config {running} until its rollout"
+            )
+        }
+        (ReloadStrategy::RollingUpdate, _) => format!(
+            "Deployment {deployment} rolls out config {wanted}: {}/{} pods updated, {} ready",
+            st.updated_replicas, st.replicas, st.ready_replicas
+        ),
+        (ReloadStrategy::InPlace, _) if st.ready_replicas == 0 => format!(
             "no ready HAProxy pod of Deployment {deployment} reports through an lbpool agent yet; reload.strategy InPlace needs the agent beside HAProxy (manifests/components/in-place)"
-        )
-    } else {
-        format!(
-            "config {} is published; {}/{} HAProxy pods serve it ({} ready)",
-            config.revision(),
-            st.updated_replicas,
-            st.replicas,
-            st.ready_replicas
-        )
+        ),
+        (ReloadStrategy::InPlace, _) => format!(
+            "config {wanted} is published; {}/{} HAProxy pods serve it ({} ready)",
+            st.updated_replicas, st.replicas, st.ready_replicas
+        ),
     }
 }
 

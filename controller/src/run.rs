@@ -93,10 +93,15 @@ pub enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stdout in `format`, filtered by `RUST_LOG` (default: info, and
+/// warnings of kube). Shared with the agent.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: a container's log is read as plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -229,8 +234,8 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
+/// Resolves on SIGTERM or SIGINT. Shared with the agent.
+pub async fn termination() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

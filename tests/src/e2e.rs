@@ -500,7 +500,8 @@ pub fn patch_pool_as(kind: &str, patch: &str) {
     .unwrap_or_else(|e| panic!("patch the pool with {patch}: {e}"));
 }
 
-fn ready(p: &Pod) -> bool {
+/// Whether the pod's `Ready` condition is true.
+pub fn ready(p: &Pod) -> bool {
     p.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use lbpool_tests::e2e::{NS, patch_pool};
+use lbpool_tests::e2e::{NS, patch_pool, ready};
 use lbpool_tests::{
     admin_client, apply_kustomization, apply_yaml, http, install_crd, kubectl, percentile,
 };
@@ -41,21 +41,13 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
     pods.list(&ListParams::default().labels(selector))
         .await
         .expect("list pods")
         .items
         .into_iter()
-        .filter(ready)
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && ready(p))
         .collect()
 }
 
