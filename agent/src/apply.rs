@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lbpool_controller::validate::{ValidationError, Validator};
+use lbpool_checker::{ValidationError, Validator};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -30,8 +30,8 @@ pub enum Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// `haproxy -c` rejected the config: nothing was applied.
-    #[error("haproxy -c rejected the config: {0}")]
+    /// The allowlist or `haproxy -c` rejected the config: nothing was applied.
+    #[error("the config was rejected: {0}")]
     Rejected(String),
     #[error(transparent)]
     Check(ValidationError),
@@ -136,6 +136,10 @@ impl Applier {
         match self.validator.check(text).await {
             Ok(()) => Ok(()),
             Err(ValidationError::Rejected(message)) => Err(ApplyError::Rejected(message)),
+            // The allowlist's refusal is as final as HAProxy's.
+            Err(ValidationError::Refused(refusal)) => {
+                Err(ApplyError::Rejected(format!("refused: {refusal}")))
+            }
             Err(e) => Err(ApplyError::Check(e)),
         }
     }

@@ -24,12 +24,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
+use lbpool_checker::{HaproxyValidator, ValidationError, Validator as _};
 use lbpool_controller::agents::{POOL_LABEL, REJECTED_ANNOTATION, SERVED_ANNOTATION};
 use lbpool_controller::desired::CONFIG_KEY;
 use lbpool_controller::model::RUNTIME_API_SOCKET;
 use lbpool_controller::render::{config_hash, revision};
 use lbpool_controller::run::{LogFormat, init_logging, termination};
-use lbpool_controller::validate::{HaproxyValidator, ValidationError, Validator as _};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -176,7 +176,8 @@ impl Agent {
         mut wanted: watch::Receiver<Option<Wanted>>,
     ) -> anyhow::Result<()> {
         let master = Socket::new(&args.master_socket);
-        let validator = HaproxyValidator::new(&args.haproxy_bin);
+        let validator = HaproxyValidator::new(&args.haproxy_bin)
+            .with_runtime_api(args.admin_socket.to_string_lossy().into_owned());
         let running = self
             .first_config(&args.file, &master, &validator, &mut wanted)
             .await?;
@@ -262,6 +263,10 @@ impl Agent {
                     }
                     Err(ValidationError::Rejected(message)) => {
                         self.refused(&next, &message);
+                        self.report().await;
+                    }
+                    Err(ValidationError::Refused(refusal)) => {
+                        self.refused(&next, &format!("refused: {refusal}"));
                         self.report().await;
                     }
                     Err(e) => return Err(e).context("haproxy -c"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lbpool_agent::apply::{Applier, ApplyError, Outcome};
 use lbpool_agent::runtime::{self, Socket};
-use lbpool_controller::validate::HaproxyValidator;
+use lbpool_checker::HaproxyValidator;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -153,7 +153,10 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
         file.clone(),
         haproxy.admin.clone(),
         haproxy.master.clone(),
-        Box::new(HaproxyValidator::new(bin)),
+        Box::new(
+            HaproxyValidator::new(bin)
+                .with_runtime_api(haproxy.admin.path().to_string_lossy().into_owned()),
+        ),
         &v1,
     );
 

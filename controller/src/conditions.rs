@@ -21,6 +21,14 @@ pub mod reason {
     pub const PORT_NOT_FOUND: &str = "PortNotFound";
     pub const TEMPLATE_NOT_FOUND: &str = "TemplateNotFound";
     pub const TEMPLATE_INVALID: &str = "TemplateInvalid";
+    /// A user template would take more work to render than lbpool allows.
+    pub const TEMPLATE_TOO_SLOW: &str = "TemplateTooSlow";
+    /// The rendered config is larger than a ConfigMap holds.
+    pub const CONFIG_TOO_LARGE: &str = "ConfigTooLarge";
+    /// The rendered config uses something the allowlist does not admit
+    /// (a file, Lua, a program, an environment variable …): `haproxy -c`
+    /// never saw it.
+    pub const CONFIG_REFUSED: &str = "ConfigRefused";
     pub const HAPROXY_REJECTED: &str = "HAProxyRejected";
     /// The ConfigMap to write exists and is not this pool's.
     pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";

@@ -15,7 +15,7 @@ pub enum Error {
     },
     /// `haproxy -c` could not be run; nothing was published.
     #[error(transparent)]
-    Validator(#[from] crate::validate::ValidationError),
+    Validator(#[from] lbpool_checker::ValidationError),
     /// The pool object has no namespace (a cluster-scoped watch bug).
     #[error("LoadBalancerPool {0} has no namespace")]
     MissingNamespace(String),

@@ -8,7 +8,7 @@ use lbpool_crds::{Balance, CheckMethod, HealthCheck, LoadBalancerPool, Stats, St
 use crate::model::{self, BackendPort};
 use crate::render::{Renderer, Template};
 use crate::testing::{haproxy, pool, slices_with};
-use crate::validate::Validator;
+use lbpool_checker::Validator;
 
 fn http_check(path: &str) -> HealthCheck {
     HealthCheck {

@@ -4,9 +4,10 @@
 //! Pure modules turn data into data: [`model`] (pool + EndpointSlices →
 //! backend model), [`render`] (model → haproxy.cfg + hash), [`desired`] (what
 //! to write), [`strategy`] (how a config reaches HAProxy), [`agents`] (what
-//! `InPlace` agents report) and [`conditions`]. [`validate`] runs
-//! `haproxy -c`. [`reconcile`] is the only module that calls the API;
-//! [`run`] wires the watches, the admin server and shutdown.
+//! `InPlace` agents report) and [`conditions`]. Every config passes
+//! `lbpool_checker` (the allowlist, then `haproxy -c`). [`reconcile`] is
+//! the only module that calls the API; [`run`] wires the watches, the admin
+//! server and shutdown.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -24,7 +25,6 @@ pub mod render;
 pub mod run;
 pub mod strategy;
 pub mod triggers;
-pub mod validate;
 
 #[cfg(test)]
 mod golden;

@@ -93,9 +93,9 @@ pub struct Proxy {
     pub runtime_api: Option<&'static str>,
 }
 
-/// Where HAProxy's Runtime API listens in an `InPlace` pod: a socket in the
-/// volume HAProxy and the agent share.
-pub const RUNTIME_API_SOCKET: &str = "/run/haproxy/admin.sock";
+/// Where HAProxy's Runtime API listens in an `InPlace` pod (declared, and
+/// so allowed, by the checker).
+pub use lbpool_checker::RUNTIME_API_SOCKET;
 
 /// Name and namespace of the pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -35,11 +35,13 @@ use crate::metrics::{Metrics, UpdateKind};
 use crate::model::{self, InvalidPool, Model};
 use crate::render::{RenderedConfig, Renderer, Template};
 use crate::strategy::{ConfigMapNow, ConfigMapWrite, Found, Strategy};
-use crate::validate::{ValidationError, Validator};
+use lbpool_checker::{ValidationError, Validator};
 
-/// How often an invalid pool is looked at again even without a change: a
-/// template ConfigMap is not watched, so creating or fixing one is noticed here.
+/// How often an invalid pool is looked at again even without a change (a
+/// safety net: the inputs that can make it valid are all watched).
 const INVALID_RETRY: Duration = Duration::from_secs(15);
+/// How long a user template may take to render.
+const RENDER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A safety net: every pool is reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(600);
 /// Events sent at once, at most: each may hold a connection to the API
@@ -313,7 +315,12 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
         Ok(prepared) => publish(pool, ctx, &apis, prepared).await,
         Err(Halt::Invalid(invalid)) => {
             report_invalid(pool, ctx, &apis, &invalid).await?;
-            Ok(Action::requeue(INVALID_RETRY))
+            // What costs a render's whole budget is tried again only when
+            // an input changes (the pool, its template, its endpoints).
+            Ok(match invalid.reason {
+                reason::TEMPLATE_TOO_SLOW | reason::CONFIG_TOO_LARGE => Action::await_change(),
+                _ => Action::requeue(INVALID_RETRY),
+            })
         }
         Err(Halt::Failed(e)) => Err(e),
     }
@@ -399,7 +406,10 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
         None => Template::BuiltIn,
         Some((source, origin)) => Template::User { source, origin },
     };
-    let config = ctx.renderer.render(template, &model)?;
+    let config = match &user_template {
+        None => ctx.renderer.render(template, &model)?,
+        Some((source, origin)) => render_user(source, origin, &model).await?,
+    };
 
     validate(ctx, &key(pool), template, &model, &config).await?;
 
@@ -444,7 +454,30 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
     })
 }
 
-/// Runs `haproxy -c` where it can fail. For the built-in template that is
+/// Renders a user template off the async runtime, within [`RENDER_TIMEOUT`]
+/// (the renderer also bounds its work and output, so a thread left behind
+/// by a timeout ends soon).
+async fn render_user(source: &str, origin: &str, model: &Model) -> Result<RenderedConfig, Halt> {
+    let (source, origin_owned, model_owned) = (source.to_owned(), origin.to_owned(), model.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        crate::render::render_user(&source, &origin_owned, &model_owned)
+    });
+    match tokio::time::timeout(RENDER_TIMEOUT, task).await {
+        Ok(Ok(rendered)) => Ok(rendered?),
+        Ok(Err(join)) => Err(InvalidPool::new(
+            reason::TEMPLATE_INVALID,
+            format!("template {origin}: rendering failed: {join}"),
+        )
+        .into()),
+        Err(_) => Err(InvalidPool::new(
+            reason::TEMPLATE_TOO_SLOW,
+            format!("template {origin}: rendering took longer than {RENDER_TIMEOUT:?}"),
+        )
+        .into()),
+    }
+}
+
+/// Runs the allowlist, then `haproxy -c` where it can fail. For the built-in template that is
 /// the config's skeleton ([`Model::skeleton`]): server lines are built from
 /// values the model has checked and the pool's name is a checked DNS name,
 /// so a skeleton accepted once stands for every pool with those settings
@@ -474,7 +507,12 @@ async fn validate(
             config
         }
     };
-    match ctx.validator.check(&checked.text).await {
+    // Before anything runs: the allowlist (the validator applies it again).
+    let verdict = match lbpool_checker::check(&checked.text, &lbpool_checker::LBPOOL) {
+        Ok(()) => ctx.validator.check(&checked.text).await,
+        Err(refusal) => Err(ValidationError::Refused(refusal)),
+    };
+    match verdict {
         Ok(()) => {
             match template {
                 Template::BuiltIn => {
@@ -490,6 +528,11 @@ async fn validate(
             }
             Ok(())
         }
+        Err(ValidationError::Refused(refusal)) => Err(InvalidPool::new(
+            reason::CONFIG_REFUSED,
+            format!("config {} refused: {refusal}", config.revision()),
+        )
+        .into()),
         Err(ValidationError::Rejected(message)) => Err(InvalidPool::new(
             reason::HAPROXY_REJECTED,
             format!(
@@ -793,9 +836,9 @@ fn publish_event(ctx: &Context, pool: &LoadBalancerPool, ev: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::ValidationError;
     use futures::future::BoxFuture;
     use kube::runtime::events::Reporter;
+    use lbpool_checker::ValidationError;
 
     #[derive(Debug)]
     struct NoValidator;

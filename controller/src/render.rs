@@ -3,10 +3,17 @@
 //! Handlebars in strict mode (a name the model lacks is an error, not an empty
 //! string) with HTML escaping off: the model is already safe for HAProxy, and
 //! `&` or `/` must reach the config as they are.
+//!
+//! A user template is data, and its rendering is bounded: only the helpers
+//! that select and loop over the model (no partials, decorators or `log`),
+//! at most [`WORK_MAX`] template elements evaluated (so nested `#each` over
+//! many servers is refused before it runs), and at most [`CONFIG_MAX`]
+//! bytes of output, the most a ConfigMap holds.
 
 use std::fmt::Write as _;
 
 use handlebars::Handlebars;
+use handlebars::template::{Parameter, TemplateElement};
 use sha2::{Digest, Sha256};
 
 use crate::conditions::reason;
@@ -101,6 +108,183 @@ fn server_lines(model: &Model) -> String {
     out
 }
 
+/// The largest config published: a ConfigMap holds at most 1 MiB in all,
+/// its metadata included.
+pub const CONFIG_MAX: usize = 1_000_000;
+
+/// The most template elements a user template may evaluate for one config.
+/// The built-in template with 10 000 servers takes one; a user template
+/// that loops over 10 000 servers with 50 elements per server takes 500 000.
+pub const WORK_MAX: u64 = 2_000_000;
+
+/// Helpers a user template may call: the ones that select, compare and
+/// loop over the model. No partials or decorators (they can recurse) and no
+/// `log` (it writes the controller's log).
+const HELPERS: &[&str] = &[
+    "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or",
+    "not", "len",
+];
+
+/// Helpers handlebars registers that a template may not call, even
+/// without arguments (`{{log}}`).
+const REGISTERED_NOT_ALLOWED: &[&str] = &[
+    "log",
+    "raw",
+    "lowerCamelCase",
+    "upperCamelCase",
+    "snakeCase",
+    "kebabCase",
+    "shoutySnakeCase",
+    "shoutyKebabCase",
+    "titleCase",
+    "trainCase",
+];
+
+/// Checks what a user template uses, and how much work rendering it for
+/// `model` can take: each `#each` multiplies the work inside it by the
+/// longest list it could walk.
+fn bounded(template: &handlebars::Template, model: &Model) -> Result<(), (&'static str, String)> {
+    // The longest list a template can walk: the servers, or the keys of an object.
+    let longest = u64::try_from(model.servers.len())
+        .unwrap_or(u64::MAX)
+        .max(32);
+    let mut work = 0u64;
+    walk(&template.elements, 1, longest, &mut work)?;
+    Ok(())
+}
+
+fn walk(
+    elements: &[TemplateElement],
+    times: u64,
+    longest: u64,
+    work: &mut u64,
+) -> Result<(), (&'static str, String)> {
+    for element in elements {
+        *work = work.saturating_add(times);
+        if *work > WORK_MAX {
+            return Err((
+                reason::TEMPLATE_TOO_SLOW,
+                format!(
+                    "rendering would evaluate more than {WORK_MAX} template elements for {} servers (nested #each?)",
+                    longest
+                ),
+            ));
+        }
+        match element {
+            TemplateElement::RawString(_) | TemplateElement::Comment(_) => {}
+            TemplateElement::Expression(h)
+            | TemplateElement::HtmlExpression(h)
+            | TemplateElement::HelperBlock(h) => {
+                let name = h.name.as_name();
+                let call = !h.params.is_empty() || !h.hash.is_empty() || h.block;
+                let refused = name.filter(|n| {
+                    (call && !HELPERS.contains(n)) || REGISTERED_NOT_ALLOWED.contains(n)
+                });
+                if let Some(name) = refused {
+                    return Err((
+                        reason::TEMPLATE_INVALID,
+                        format!(
+                            "helper {name:?} is not allowed (allowed: {})",
+                            HELPERS.join(", ")
+                        ),
+                    ));
+                }
+                for p in h.params.iter().chain(h.hash.values()) {
+                    parameter(p, times, longest, work)?;
+                }
+                let inner = if name == Some("each") {
+                    times.saturating_mul(longest)
+                } else {
+                    times
+                };
+                for t in [&h.template, &h.inverse].into_iter().flatten() {
+                    walk(&t.elements, inner, longest, work)?;
+                }
+            }
+            // Partials, decorators, and whatever a later handlebars adds.
+            _ => {
+                return Err((
+                    reason::TEMPLATE_INVALID,
+                    "partials and decorators are not allowed in templates".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parameter(
+    p: &Parameter,
+    times: u64,
+    longest: u64,
+    work: &mut u64,
+) -> Result<(), (&'static str, String)> {
+    match p {
+        Parameter::Subexpression(sub) => {
+            walk(std::slice::from_ref(&sub.element), times, longest, work)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A writer that stops at [`CONFIG_MAX`] bytes.
+struct Bounded {
+    text: Vec<u8>,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > CONFIG_MAX {
+            return Err(std::io::Error::other(TOO_LARGE));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const TOO_LARGE: &str = "config too large";
+
+fn too_large(size: impl std::fmt::Display) -> InvalidPool {
+    InvalidPool::new(
+        reason::CONFIG_TOO_LARGE,
+        format!("the rendered config is {size} bytes; a ConfigMap holds at most {CONFIG_MAX}"),
+    )
+}
+
+/// Renders `source` for `model` within the limits above. Pure, but it may
+/// take a while for a large pool: the reconciler runs it off the async
+/// runtime, with a time limit of its own.
+pub fn render_user(
+    source: &str,
+    origin: &str,
+    model: &Model,
+) -> Result<RenderedConfig, InvalidPool> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        InvalidPool::new(reason::TEMPLATE_INVALID, format!("template {origin}: {e}"))
+    };
+    let template = handlebars::Template::compile(source).map_err(|e| invalid(&e))?;
+    bounded(&template, model)
+        .map_err(|(r, m)| InvalidPool::new(r, format!("template {origin}: {m}")))?;
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    registry.register_escape_fn(handlebars::no_escape);
+    registry.register_template("user", template);
+    let mut out = Bounded { text: Vec::new() };
+    match registry.render_to_write("user", model, &mut out) {
+        Ok(()) => {}
+        Err(e) if e.to_string().contains(TOO_LARGE) => {
+            return Err(too_large(format!("more than {CONFIG_MAX}")));
+        }
+        Err(e) => return Err(invalid(&e)),
+    }
+    let text = String::from_utf8(out.text).map_err(|e| invalid(&e))?;
+    Ok(RenderedConfig::new(text))
+}
+
 /// Renders models; holds the compiled built-in template.
 #[derive(Debug)]
 pub struct Renderer {
@@ -142,12 +326,11 @@ impl Renderer {
             .map_err(|e| {
                 InvalidPool::new(reason::TEMPLATE_INVALID, format!("built-in template: {e}"))
             })?,
-            Template::User { source, origin } => {
-                self.registry.render_template(source, model).map_err(|e| {
-                    InvalidPool::new(reason::TEMPLATE_INVALID, format!("template {origin}: {e}"))
-                })?
-            }
+            Template::User { source, origin } => return render_user(source, origin, model),
         };
+        if text.len() > CONFIG_MAX {
+            return Err(too_large(text.len()));
+        }
         Ok(RenderedConfig::new(text))
     }
 }

@@ -34,7 +34,7 @@ use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::triggers;
-use crate::validate::HaproxyValidator;
+use lbpool_checker::HaproxyValidator;
 
 /// Command-line arguments (each also read from the environment).
 #[derive(Debug, clap::Parser)]

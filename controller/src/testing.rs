@@ -7,7 +7,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolSpec};
 
 use crate::model::{self, BackendPort, Model};
-use crate::validate::HaproxyValidator;
 
 /// `demo/webapp`: Service `webapp`, Deployment `haproxy`, every option at its default.
 pub fn pool() -> LoadBalancerPool {
@@ -122,7 +121,7 @@ pub fn model_with_servers(n: usize) -> Model {
 }
 
 /// The validator the tests use: Debian's `haproxy`, or `$HAPROXY_BIN`.
-pub fn haproxy() -> HaproxyValidator {
+pub fn haproxy() -> lbpool_checker::HaproxyValidator {
     let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
     let ok = std::process::Command::new(&bin)
         .arg("-v")
@@ -132,7 +131,7 @@ pub fn haproxy() -> HaproxyValidator {
         ok,
         "these tests run the real HAProxy, and `{bin} -v` failed: install it (apt-get install haproxy) or set HAPROXY_BIN"
     );
-    HaproxyValidator::new(bin)
+    lbpool_checker::HaproxyValidator::new(bin)
 }
 
 /// Marks the endpoint of pod `pod` in `slice` terminating, serving or not.

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use lbpool_checker::{HaproxyValidator, Validator};
 use lbpool_controller::model::{self, BackendPort, Model};
 use lbpool_controller::render::{Renderer, Template};
-use lbpool_controller::validate::{HaproxyValidator, Validator};
 use lbpool_crds::{Balance, CheckMethod, HealthCheck, LoadBalancerPool, Stats, StickySession};
 use proptest::prelude::*;
 

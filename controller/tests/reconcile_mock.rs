@@ -16,12 +16,12 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::watcher::Event;
+use lbpool_checker::{ValidationError, Validator};
 use lbpool_controller::cache::{self, Caches, Writers};
 use lbpool_controller::metrics::Metrics;
 use lbpool_controller::model;
 use lbpool_controller::reconcile::{Context, reconcile};
 use lbpool_controller::render::{Renderer, Template};
-use lbpool_controller::validate::{ValidationError, Validator};
 use lbpool_crds::LoadBalancerPool;
 use serde_json::{Value, json};
 
