@@ -35,6 +35,11 @@ pub const RUNTIME_API_SOCKET: &str = "/run/haproxy/admin.sock";
 /// The environment variables of the stats page's basic auth.
 pub const STATS_ENV: [&str; 2] = ["STATS_USERNAME", "STATS_PASSWORD"];
 
+/// The stats page's guard: no page without both credentials. The only
+/// line that may read lbpool's variables with `env()`, and only whether
+/// they are empty.
+pub const STATS_GUARD: &str = "http-request deny deny_status 503 unless { env(STATS_USERNAME) -m len gt 0 } { env(STATS_PASSWORD) -m len gt 0 }";
+
 /// lbpool's declarations.
 pub const LBPOOL: Declared = Declared {
     stats_env: &STATS_ENV,
@@ -157,6 +162,9 @@ fn section_start(words: &[String]) -> Result<Option<Section>, (String, String)> 
 
 fn check_line(section: Section, line: &Line, declared: &Declared) -> Verdict {
     let words = &line.words;
+    if section == Section::Proxy && words.join(" ") == STATS_GUARD {
+        return Ok(());
+    }
     env(line, declared)?;
     match section {
         Section::None => refuse(&words[0], "a keyword outside any section"),
@@ -1057,6 +1065,11 @@ mod tests {
     fn stats_auth_alone_may_use_lbpools_variables() {
         let ok = "listen stats\n    bind :1936\n    stats enable\n    stats auth \"${STATS_USERNAME}:${STATS_PASSWORD}\"\n";
         assert_eq!(check(ok, &LBPOOL), Ok(()));
+        let guarded = format!("listen stats\n    {STATS_GUARD}\n");
+        assert_eq!(check(&guarded, &LBPOOL), Ok(()));
+        // Any other use of env() is refused, also a near copy of the guard.
+        let near = STATS_GUARD.replace("-m len gt 0 }", "-m str x }");
+        assert!(check(&format!("listen stats\n    {near}\n"), &LBPOOL).is_err());
         let other = "listen stats\n    stats auth \"${PATH}:x\"\n";
         assert_eq!(refused(other).word, "'${PATH}'");
     }

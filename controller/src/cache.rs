@@ -34,7 +34,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, ObjectReference, Pod, PodSpec, Service, ServiceSpec,
+    ConfigMap, Container, Namespace, ObjectReference, Pod, PodSpec, Service, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -376,7 +376,39 @@ pub fn slim_deployment(d: &mut Deployment) {
     d.metadata.owner_references = None;
     only(&mut d.metadata.annotations, POOL_CLAIM_ANNOTATION);
     let template = &mut d.spec.template;
-    template.spec = Some(PodSpec::default());
+    // Of the pod spec, only where the stats credentials come from.
+    let containers = template
+        .spec
+        .take()
+        .map(|s| {
+            s.containers
+                .into_iter()
+                .chain(s.init_containers.unwrap_or_default())
+        })
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let env: Vec<_> = c
+                .env
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| lbpool_checker::STATS_ENV.contains(&e.name.as_str()))
+                .map(|mut e| {
+                    e.value = None;
+                    e
+                })
+                .collect();
+            (!env.is_empty()).then(|| Container {
+                name: c.name,
+                env: Some(env),
+                ..Container::default()
+            })
+        })
+        .collect();
+    template.spec = Some(PodSpec {
+        containers,
+        ..PodSpec::default()
+    });
     if let Some(m) = &mut template.metadata {
         m.labels = None;
         only(&mut m.annotations, CONFIG_HASH_ANNOTATION);

@@ -29,6 +29,9 @@ pub mod reason {
     /// (a file, Lua, a program, an environment variable …): `haproxy -c`
     /// never saw it.
     pub const CONFIG_REFUSED: &str = "ConfigRefused";
+    /// `stats.authSecret` is not the Secret the HAProxy pods take their
+    /// stats credentials from.
+    pub const STATS_SECRET_NOT_USED: &str = "StatsSecretNotUsed";
     pub const HAPROXY_REJECTED: &str = "HAProxyRejected";
     /// The ConfigMap to write exists and is not this pool's.
     pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";

@@ -31,6 +31,96 @@ pub const POOL_CLAIM_ANNOTATION: &str = "lbpool.dev/pool";
 /// The ConfigMap key HAProxy reads.
 pub const CONFIG_KEY: &str = "haproxy.cfg";
 
+/// Where a container of the HAProxy Deployment takes one stats credential
+/// from (`STATS_USERNAME` or `STATS_PASSWORD`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsCredential {
+    pub container: String,
+    pub variable: String,
+    /// The Secret it comes from; `None` when it is not from a Secret.
+    pub secret: Option<String>,
+}
+
+/// The stats credentials the Deployment's containers take, in order.
+pub fn stats_credentials(deployment: &Deployment) -> Vec<StatsCredential> {
+    let spec = deployment.spec.template.spec.as_ref();
+    spec.into_iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .flat_map(|c| {
+            c.env
+                .iter()
+                .flatten()
+                .filter(|e| lbpool_checker::STATS_ENV.contains(&e.name.as_str()))
+                .map(|e| StatsCredential {
+                    container: c.name.clone(),
+                    variable: e.name.clone(),
+                    secret: e
+                        .value_from
+                        .as_ref()
+                        .and_then(|v| v.secret_key_ref.as_ref())
+                        .map(|r| r.name.clone()),
+                })
+        })
+        .collect()
+}
+
+/// `spec.stats.authSecret` names the Secret the HAProxy pods really take
+/// their stats credentials from: some container takes both from it, and
+/// none takes one from anywhere else. The controller never reads the
+/// Secret; it checks that the Deployment refers to it.
+pub fn stats_secret_used(
+    pool: &LoadBalancerPool,
+    deployment: &Deployment,
+) -> Result<(), InvalidPool> {
+    let Some(wanted) = pool
+        .spec
+        .stats
+        .as_ref()
+        .and_then(|s| s.auth_secret.as_deref())
+    else {
+        return Ok(());
+    };
+    let deployment_name = &pool.spec.haproxy.deployment;
+    let found = stats_credentials(deployment);
+    let invalid = |what: String| {
+        InvalidPool::new(
+            reason::STATS_SECRET_NOT_USED,
+            format!(
+                "spec.stats.authSecret: {what}; set both variables from Secret {wanted:?} (keys username, password) in the Deployment's HAProxy container"
+            ),
+        )
+    };
+    if let Some(other) = found.iter().find(|c| c.secret.as_deref() != Some(wanted)) {
+        return Err(invalid(format!(
+            "container {} of Deployment {deployment_name} takes {} from {}",
+            other.container,
+            other.variable,
+            other
+                .secret
+                .as_deref()
+                .map_or("no Secret".to_owned(), |s| format!("Secret {s:?}"))
+        )));
+    }
+    let both = found.iter().any(|c| {
+        lbpool_checker::STATS_ENV.iter().all(|v| {
+            found
+                .iter()
+                .any(|o| o.container == c.container && o.variable == *v)
+        })
+    });
+    if both {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "no container of Deployment {deployment_name} takes STATS_USERNAME and STATS_PASSWORD from Secret {wanted:?}"
+        )))
+    }
+}
+
 /// The ConfigMap holding the pool's haproxy.cfg, owned by the pool so that
 /// deleting the pool garbage-collects it.
 pub fn config_map(pool: &LoadBalancerPool, config: &RenderedConfig) -> ConfigMap {
@@ -514,6 +604,77 @@ mod tests {
     }
 
     const FIVE: Duration = Duration::from_secs(5);
+
+    /// A Deployment whose container `haproxy` takes each `(variable, secret)`.
+    fn deployment_with_env(env: &[(&str, Option<&str>)]) -> Deployment {
+        let env: Vec<_> = env
+            .iter()
+            .map(|(name, secret)| match secret {
+                Some(s) => {
+                    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": s, "key": "k"}}})
+                }
+                None => json!({"name": name, "value": "plain"}),
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "haproxy"},
+            "spec": {"selector": {}, "template": {"spec": {"containers": [
+                {"name": "haproxy", "env": env},
+                {"name": "other", "env": [{"name": "UNRELATED", "value": "x"}]},
+            ]}}},
+        }))
+        .expect("a Deployment")
+    }
+
+    #[test]
+    fn the_stats_secret_must_be_the_one_the_pods_use() {
+        let mut p = pool();
+        let used = deployment_with_env(&[
+            ("STATS_USERNAME", Some("auth")),
+            ("STATS_PASSWORD", Some("auth")),
+        ]);
+        // No auth asked for: nothing to check.
+        assert_eq!(stats_secret_used(&p, &used), Ok(()));
+        p.spec.stats = Some(lbpool_crds::Stats {
+            port: 1936,
+            uri: "/".into(),
+            auth_secret: Some("auth".into()),
+        });
+        assert_eq!(stats_secret_used(&p, &used), Ok(()));
+        // The cache keeps what the check reads.
+        let mut slim = used.clone();
+        crate::cache::slim_deployment(&mut slim);
+        assert_eq!(stats_credentials(&slim), stats_credentials(&used));
+        assert_eq!(stats_credentials(&slim).len(), 2);
+
+        for (env, says) in [
+            (
+                vec![
+                    ("STATS_USERNAME", Some("other")),
+                    ("STATS_PASSWORD", Some("auth")),
+                ],
+                "takes STATS_USERNAME from Secret \"other\"",
+            ),
+            (
+                vec![("STATS_USERNAME", Some("auth")), ("STATS_PASSWORD", None)],
+                "takes STATS_PASSWORD from no Secret",
+            ),
+            (
+                vec![("STATS_PASSWORD", Some("auth"))],
+                "no container of Deployment haproxy takes STATS_USERNAME and STATS_PASSWORD",
+            ),
+            (vec![], "no container"),
+        ] {
+            let err = stats_secret_used(&p, &deployment_with_env(&env)).unwrap_err();
+            assert_eq!(err.reason, reason::STATS_SECRET_NOT_USED);
+            assert!(err.message.contains(says), "{env:?}: {}", err.message);
+            assert!(
+                err.message.starts_with("spec.stats.authSecret: "),
+                "{}",
+                err.message
+            );
+        }
+    }
 
     #[test]
     fn same_hash_never_rolls() {

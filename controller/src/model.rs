@@ -252,6 +252,9 @@ pub fn resolve_port(
     })
 }
 
+/// The longest pool name: it is a label value of the generated ConfigMap.
+pub const MAX_POOL_NAME: usize = 63;
+
 /// Builds the model. `slices` are the EndpointSlices of the pool's Service.
 pub fn build<S: Borrow<EndpointSlice>>(
     pool: &LoadBalancerPool,
@@ -266,6 +269,15 @@ pub fn build<S: Borrow<EndpointSlice>>(
         return Err(InvalidPool::new(
             reason::INVALID_SPEC,
             format!("metadata: {namespace:?}/{name:?} is not a valid namespace/name"),
+        ));
+    }
+    if name.len() > MAX_POOL_NAME {
+        return Err(InvalidPool::new(
+            reason::INVALID_SPEC,
+            format!(
+                "metadata.name: {} characters; the generated ConfigMap is labelled with the pool's name, and a label value holds at most {MAX_POOL_NAME}",
+                name.len()
+            ),
         ));
     }
 
@@ -714,6 +726,8 @@ pub(crate) mod tests {
                 |p| p.spec.rollout.min_interval = "soon".into(),
                 "spec.rollout.minInterval",
             ),
+            // A DNS name, but too long for the ConfigMap's label.
+            (|p| p.metadata.name = Some("p".repeat(64)), "metadata.name"),
         ];
         for (mutate, field) in cases {
             let mut p = pool();

@@ -444,6 +444,9 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
     {
         return Err(desired::deployment_conflict(pool, &other).into());
     }
+    if let Some(d) = &deployment {
+        desired::stats_secret_used(pool, d)?;
+    }
     Ok(Prepared {
         model,
         config,

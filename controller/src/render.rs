@@ -379,6 +379,63 @@ mod tests {
         assert_eq!(err.reason, reason::TEMPLATE_INVALID);
     }
 
+    fn user(source: &str, servers: usize) -> Result<RenderedConfig, InvalidPool> {
+        render_user(source, "tpl/k", &model_with_servers(servers))
+    }
+
+    #[test]
+    fn nested_loops_over_many_servers_are_refused_before_they_run() {
+        let nested = "{{#each servers}}{{#each ../servers}}{{#each ../../servers}}x{{/each}}{{/each}}{{/each}}";
+        // A few servers: fine.
+        assert!(user(nested, 3).is_ok());
+        let started = std::time::Instant::now();
+        let err = user(nested, 1000).unwrap_err();
+        assert_eq!(err.reason, reason::TEMPLATE_TOO_SLOW, "{err}");
+        assert!(err.message.contains("tpl/k"), "{err}");
+        // Refused by counting, not by running: far below the render timeout.
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // One loop over 10 000 servers is what templates are for.
+        assert!(
+            user(
+                "{{#each servers}}server {{name}} {{address}}:{{port}}\n{{/each}}",
+                10_000
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn output_is_bounded_by_what_a_configmap_holds() {
+        // 10 000 servers × 200 bytes: 2 MB.
+        let big = format!("{{{{#each servers}}}}{}\n{{{{/each}}}}", "x".repeat(200));
+        let err = user(&big, 10_000).unwrap_err();
+        assert_eq!(err.reason, reason::CONFIG_TOO_LARGE, "{err}");
+        assert!(err.message.contains(&CONFIG_MAX.to_string()), "{err}");
+        // The built-in template too.
+        let rendered = Renderer::new().render(Template::BuiltIn, &model_with_servers(40_000));
+        let reason = rendered.as_ref().err().map(|e| e.reason);
+        assert_eq!(reason, Some(reason::CONFIG_TOO_LARGE));
+    }
+
+    #[test]
+    fn partials_decorators_and_other_helpers_are_refused() {
+        for source in [
+            "{{#*inline \"p\"}}{{> p}}{{/inline}}{{> p}}",
+            "{{> other}}",
+            "{{*decorator}}",
+            "{{log \"hello\"}}",
+            "{{log}}",
+            "{{#raw}}x{{/raw}}",
+            "{{lookup (log 1) 0}}",
+            "{{snakeCase pool.name}}",
+        ] {
+            let err = user(source, 1).unwrap_err();
+            assert_eq!(err.reason, reason::TEMPLATE_INVALID, "{source}: {err}");
+        }
+        let ok = "{{#if stats}}{{stats.port}}{{/if}}{{#each servers}}{{#if (eq @index 0)}}{{name}}{{/if}}{{/each}}{{lookup servers 0}}";
+        assert!(user(ok, 2).is_ok());
+    }
+
     #[test]
     fn nothing_is_html_escaped() {
         let out = Renderer::new()

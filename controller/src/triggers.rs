@@ -26,7 +26,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use lbpool_crds::LoadBalancerPool;
 
-use crate::desired::{POOL_CLAIM_ANNOTATION, Served, published_hash, served};
+use crate::desired::{
+    POOL_CLAIM_ANNOTATION, Served, StatsCredential, published_hash, served, stats_credentials,
+};
 
 /// Passes on an object when what a reconcile reads of it (`inputs`)
 /// changed since it last passed, when it is first seen and when it is
@@ -97,7 +99,7 @@ pub fn pool_trigger() -> Changes<LoadBalancerPool, (Option<i64>, bool)> {
 /// A Deployment's pools are reconciled when what the status reports of it
 /// ([`served`]) or its claim changes, not on every step of kube-controller-
 /// manager's progress conditions.
-pub fn deployment_trigger() -> Changes<Deployment, (Served, Option<String>)> {
+pub fn deployment_trigger() -> Changes<Deployment, (Served, Option<String>, Vec<StatsCredential>)> {
     Changes::new(|d| {
         let claim = d
             .metadata
@@ -105,7 +107,7 @@ pub fn deployment_trigger() -> Changes<Deployment, (Served, Option<String>)> {
             .as_ref()
             .and_then(|a| a.get(POOL_CLAIM_ANNOTATION))
             .cloned();
-        (served(d), claim)
+        (served(d), claim, stats_credentials(d))
     })
 }
 

@@ -154,6 +154,12 @@ fn words(line: &[&str]) -> Option<usize> {
         ("timeout", _) | ("stats", Some("uri" | "auth")) => 3,
         ("stats", _) => 2,
         ("default-server", _) => 7,
+        // The stats page's guard, word for word lbpool's.
+        ("http-request", Some("deny"))
+            if line.join(" ") == lbpool_checker::allowlist::STATS_GUARD =>
+        {
+            line.len()
+        }
         ("http-request", _) => 4,
         ("cookie", _) => 5,
         ("server", _) => 4,
@@ -170,7 +176,8 @@ fn assert_exact_directives(model: &Model, text: &str) {
         .map(|l| l.split_whitespace().collect())
         .collect();
     let p = &model.proxy;
-    let stats = p.stats.as_ref().map_or(0, |s| 4 + usize::from(s.auth));
+    // `listen`, bind, enable, uri; with auth the guard and `stats auth`.
+    let stats = p.stats.as_ref().map_or(0, |s| 4 + 2 * usize::from(s.auth));
     // global 4, defaults 9, frontend 3, backend 4, then what the options add.
     let expected = 4
         + 9
@@ -224,6 +231,11 @@ proptest! {
         };
         let text = Renderer::new().render(Template::BuiltIn, &model).expect("the built-in template renders").text;
         assert_exact_directives(&model, &text);
+        // The allowlist never refuses lbpool's own output (the validator
+        // applies it too; this says so on its own).
+        if let Err(r) = lbpool_checker::check(&text, &lbpool_checker::LBPOOL) {
+            panic!("the allowlist refused lbpool's own config: {r}\n{text}");
+        }
         let (rt, haproxy) = validator();
         if let Err(e) = rt.block_on(haproxy.check(&text)) {
             panic!("haproxy -c rejected an accepted config: {e}\n{text}");

@@ -74,6 +74,8 @@ pub const GROUP: &str = "lbpool.dev";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(validation = Rule::new("size(self.metadata.name) <= 63")
+    .message("metadata.name: at most 63 characters (it labels the generated ConfigMap)"))]
 #[x_kube(validation = Rule::new("!has(self.stats) || self.stats.port != self.frontend.port")
     .message("stats.port must differ from frontend.port")
     .field_path(".stats.port"))]

@@ -240,6 +240,14 @@ async fn invalid_pools_are_rejected_with_a_message_that_names_the_field() {
         "{} invalid pools rejected by the API server",
         invalid_pools().len()
     );
+    // A name that is a DNS subdomain but too long for the ConfigMap's label.
+    let long = pool_yaml(VALID).replace("name: p\n", &format!("name: {}\n", "p".repeat(64)));
+    let err = apply_yaml(&ns.name, &long).expect_err("a 64-character pool name is refused");
+    assert!(
+        err.to_string()
+            .contains("metadata.name: at most 63 characters"),
+        "{err}"
+    );
     let left = kubectl(&["get", "lbp", "-n", &ns.name, "-o", "name"]).expect("list");
     assert!(left.trim().is_empty(), "nothing was created: {left}");
 }
