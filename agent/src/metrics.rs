@@ -43,7 +43,7 @@ impl Default for Metrics {
         let failures = Family::<Reason, Counter>::default();
         registry.register(
             "failures",
-            "Configs not applied, by reason: rejected (haproxy -c), check, write, reload, report",
+            "Configs not applied, by reason: rejected (the allowlist or haproxy -c), unpublished (not the controller's), check, write, reload, report",
             failures.clone(),
         );
         // 1 ms … about 16 s.

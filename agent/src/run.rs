@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use lbpool_checker::{HaproxyValidator, ValidationError, Validator as _};
 use lbpool_controller::agents::{POOL_LABEL, REJECTED_ANNOTATION, SERVED_ANNOTATION};
-use lbpool_controller::desired::CONFIG_KEY;
+use lbpool_controller::desired::{CONFIG_HASH_ANNOTATION, CONFIG_KEY};
 use lbpool_controller::model::RUNTIME_API_SOCKET;
 use lbpool_controller::render::{config_hash, revision};
 use lbpool_controller::run::{LogFormat, init_logging, termination};
@@ -92,6 +92,8 @@ struct Wanted {
     hash: String,
     /// The pool, from the ConfigMap's label.
     pool: Option<String>,
+    /// Why lbpool did not publish it, if it did not ([`published`]).
+    unpublished: Option<String>,
 }
 
 impl Wanted {
@@ -100,8 +102,34 @@ impl Wanted {
         Some(Self {
             hash: config_hash(&text),
             pool: cm.labels().get(POOL_LABEL).cloned(),
+            unpublished: published(cm, &text).err(),
             text,
         })
+    }
+}
+
+/// PURE: whether the controller published this ConfigMap's config: it is
+/// owned by the pool its label names (the pool's controller
+/// ownerReference) and its hash annotation is the hash of its data. A
+/// ConfigMap edited by hand, or written by anyone else, is not applied.
+fn published(cm: &ConfigMap, text: &str) -> Result<(), String> {
+    let pool = cm.labels().get(POOL_LABEL);
+    let owned = cm.owner_references().iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "LoadBalancerPool"
+            && o.api_version.starts_with("lbpool.dev/")
+            && Some(&o.name) == pool
+    });
+    if !owned {
+        return Err(format!(
+            "not published by lbpool: the ConfigMap has no LoadBalancerPool controller ownerReference matching its {POOL_LABEL} label"
+        ));
+    }
+    match cm.annotations().get(CONFIG_HASH_ANNOTATION) {
+        Some(hash) if *hash == config_hash(text) => Ok(()),
+        _ => Err(format!(
+            "not published by lbpool: the ConfigMap's {CONFIG_HASH_ANNOTATION} annotation is not the hash of its data (edited by hand?)"
+        )),
     }
 }
 
@@ -244,32 +272,39 @@ impl Agent {
             return Ok(Wanted {
                 hash: config_hash(&text),
                 pool: wanted.borrow().as_ref().and_then(|w| w.pool.clone()),
+                unpublished: None,
                 text,
             });
         }
         loop {
             let next = wanted.borrow_and_update().clone();
             if let Some(next) = next {
-                match validator.check(&next.text).await {
-                    Ok(()) => {
-                        write_whole(file, &next.text)
-                            .await
-                            .context("write the first config")?;
-                        info!(
-                            config = revision(&next.hash),
-                            "first config written; HAProxy may start"
-                        );
-                        return Ok(next);
+                if let Some(why) = &next.unpublished {
+                    self.metrics.failed("unpublished");
+                    self.refused(&next, why);
+                    self.report().await;
+                } else {
+                    match validator.check(&next.text).await {
+                        Ok(()) => {
+                            write_whole(file, &next.text)
+                                .await
+                                .context("write the first config")?;
+                            info!(
+                                config = revision(&next.hash),
+                                "first config written; HAProxy may start"
+                            );
+                            return Ok(next);
+                        }
+                        Err(ValidationError::Rejected(message)) => {
+                            self.refused(&next, &message);
+                            self.report().await;
+                        }
+                        Err(ValidationError::Refused(refusal)) => {
+                            self.refused(&next, &format!("refused: {refusal}"));
+                            self.report().await;
+                        }
+                        Err(e) => return Err(e).context("haproxy -c"),
                     }
-                    Err(ValidationError::Rejected(message)) => {
-                        self.refused(&next, &message);
-                        self.report().await;
-                    }
-                    Err(ValidationError::Refused(refusal)) => {
-                        self.refused(&next, &format!("refused: {refusal}"));
-                        self.report().await;
-                    }
-                    Err(e) => return Err(e).context("haproxy -c"),
                 }
             }
             wanted
@@ -293,6 +328,11 @@ impl Agent {
             return true;
         }
         if rejected_already {
+            return true;
+        }
+        if let Some(why) = &next.unpublished {
+            self.metrics.failed("unpublished");
+            self.refused(&next, why);
             return true;
         }
         let started = Instant::now();
@@ -337,7 +377,7 @@ impl Agent {
     }
 
     fn refused(&mut self, next: &Wanted, message: &str) {
-        warn!(config = revision(&next.hash), %message, "haproxy -c rejected the config; HAProxy keeps its last one");
+        warn!(config = revision(&next.hash), %message, "config refused; HAProxy keeps its last one");
         let line: String = message
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -456,5 +496,60 @@ async fn serve(listener: tokio::net::TcpListener, health: Health, metrics: Metri
         );
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "admin server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_map(owner: Option<(&str, &str, bool)>, hash_of: &str) -> ConfigMap {
+        let owners: Vec<_> = owner
+            .into_iter()
+            .map(|(kind, name, controller)| {
+                json!({"apiVersion": "lbpool.dev/v1alpha1", "kind": kind, "name": name,
+                       "uid": "u", "controller": controller})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "webapp-haproxy",
+                "labels": {POOL_LABEL: "webapp"},
+                "annotations": {CONFIG_HASH_ANNOTATION: config_hash(hash_of)},
+                "ownerReferences": owners,
+            },
+            "data": {CONFIG_KEY: "global\n"},
+        }))
+        .expect("a ConfigMap")
+    }
+
+    #[test]
+    fn only_what_the_controller_published_is_applied() {
+        let good = config_map(Some(("LoadBalancerPool", "webapp", true)), "global\n");
+        assert_eq!(Wanted::of(&good).and_then(|w| w.unpublished), None);
+        for (cm, says) in [
+            (
+                config_map(Some(("LoadBalancerPool", "webapp", true)), "other"),
+                "annotation",
+            ),
+            (config_map(None, "global\n"), "ownerReference"),
+            (
+                config_map(Some(("LoadBalancerPool", "other", true)), "global\n"),
+                "ownerReference",
+            ),
+            (
+                config_map(Some(("LoadBalancerPool", "webapp", false)), "global\n"),
+                "ownerReference",
+            ),
+            (
+                config_map(Some(("Deployment", "webapp", true)), "global\n"),
+                "ownerReference",
+            ),
+        ] {
+            let why = Wanted::of(&cm)
+                .and_then(|w| w.unpublished)
+                .expect("refused");
+            assert!(why.contains(says), "{why}");
+        }
     }
 }
