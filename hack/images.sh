@@ -4,7 +4,8 @@
 #   lbpool.local/pause        the pod sandbox (hack/images/pause.c, gcc -static)
 #   lbpool.local/haproxy      Debian bookworm's haproxy 2.6 (the major of the
 #                             manifests' haproxy:2.6), entrypoint haproxy
-#   lbpool.local/controller   lbpool-controller, with that haproxy for `haproxy -c`
+#   lbpool.local/controller   lbpool-controller and lbpool-checker (its checker
+#                             container), with that haproxy for `haproxy -c`
 #   lbpool.local/agent        lbpool-agent (the InPlace sidecar), with that haproxy
 #   lbpool.local/webapp       the demo backend
 #
@@ -66,7 +67,7 @@ say "workspace binaries (cargo profile $profile)"
   die "cargo build failed"
 target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
-for b in lbpool-controller lbpool-agent webapp; do
+for b in lbpool-controller lbpool-checker lbpool-agent webapp; do
   # Stripped: the debug info of a dev build would be most of the image.
   objcopy --strip-debug "$bin_dir/$b" "$out/work/$b"
 done
@@ -86,6 +87,7 @@ image pause --file "$out/work/pause:/pause:0755" --entrypoint '["/pause"]' --use
 image haproxy --layer "$base" --entrypoint '["/usr/sbin/haproxy"]' \
   --cmd '["-W","-db","-f","/usr/local/etc/haproxy/haproxy.cfg"]'
 image controller --layer "$base" --file "$out/work/lbpool-controller:/usr/local/bin/lbpool-controller:0755" \
+  --file "$out/work/lbpool-checker:/usr/local/bin/lbpool-checker:0755" \
   --entrypoint '["/usr/local/bin/lbpool-controller"]' --user 65532:65532
 image agent --layer "$base" --file "$out/work/lbpool-agent:/usr/local/bin/lbpool-agent:0755" \
   --entrypoint '["/usr/local/bin/lbpool-agent"]' --user 65532:65532

@@ -34,7 +34,7 @@ use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::triggers;
-use lbpool_checker::HaproxyValidator;
+use lbpool_checker::{HaproxyValidator, RemoteValidator, ValidationError, Validator};
 
 /// Command-line arguments (each also read from the environment).
 #[derive(Debug, clap::Parser)]
@@ -44,9 +44,16 @@ pub struct Args {
     #[arg(long, env = "LBPOOL_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
 
-    /// The HAProxy binary that checks every config (`haproxy -c`) before it is published.
+    /// The HAProxy binary that checks every config (`haproxy -c`) before
+    /// it is published, when no `--checker-socket` is given.
     #[arg(long, env = "LBPOOL_HAPROXY_BIN", default_value = "haproxy")]
     pub haproxy_bin: PathBuf,
+
+    /// The checker service (`lbpool-checker`) to run `haproxy -c` in: a
+    /// container beside this one that holds no credential. Without it, the
+    /// check runs in this process's container (development, tests).
+    #[arg(long, env = "LBPOOL_CHECKER_SOCKET")]
+    pub checker_socket: Option<PathBuf>,
 
     /// Watch one namespace only; all namespaces when absent.
     #[arg(long, env = "LBPOOL_NAMESPACE")]
@@ -271,16 +278,40 @@ enum Stop {
 
 /// Runs the controller until SIGTERM or SIGINT. With leader election, waits
 /// for the Lease first, and exits with an error if it loses it.
+/// The config checker and its `haproxy -v`: the checker service when one
+/// is named (waited for a while: its container may start after this one),
+/// else `haproxy` in this container.
+async fn checker(args: &Args) -> anyhow::Result<(Box<dyn Validator>, String)> {
+    let Some(socket) = &args.checker_socket else {
+        let local = HaproxyValidator::new(&args.haproxy_bin);
+        let version = local.version().await.with_context(|| {
+            format!(
+                "the config gate needs HAProxy: {}",
+                args.haproxy_bin.display()
+            )
+        })?;
+        return Ok((Box::new(local), version));
+    };
+    let remote = RemoteValidator::new(socket);
+    let started = std::time::Instant::now();
+    loop {
+        match remote.version().await {
+            Ok(version) => return Ok((Box::new(remote), version)),
+            Err(e @ ValidationError::Unavailable { .. })
+                if started.elapsed() < Duration::from_secs(60) =>
+            {
+                debug!(error = %e, "waiting for the checker");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("the config checker does not answer"),
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let validator = HaproxyValidator::new(&args.haproxy_bin);
-    let version = validator.version().await.with_context(|| {
-        format!(
-            "the config gate needs HAProxy: {}",
-            args.haproxy_bin.display()
-        )
-    })?;
-    info!(%version, "configs are checked with haproxy -c");
+    let (validator, version) = checker(&args).await?;
+    info!(%version, checker = ?args.checker_socket, "configs are checked by the allowlist and haproxy -c");
 
     let metrics = Metrics::default();
     let config = kube::Config::infer()
@@ -347,7 +378,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // On a signal the controller stops taking work and finishes the
     // reconciles under way; deposed, it stops at once: another replica leads.
     let stop = tokio::select! {
-        () = controller(&args, client, metrics, health, identity, signal.clone()) => Stop::Signal,
+        () = controller(&args, validator, client, metrics, health, identity, signal.clone()) => Stop::Signal,
         () = deposed => Stop::Deposed,
     };
     if let Some(c) = candidate {
@@ -380,6 +411,7 @@ async fn stop_admin_server(
 /// reconciles under way finish.
 async fn controller(
     args: &Args,
+    validator: Box<dyn Validator>,
     client: Client,
     metrics: Metrics,
     health: Health,
@@ -418,7 +450,7 @@ async fn controller(
     .for_each(|_| std::future::ready(()));
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Box::new(HaproxyValidator::new(&args.haproxy_bin)),
+        validator,
         reporter,
         metrics,
         caches.clone(),

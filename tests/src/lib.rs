@@ -242,15 +242,20 @@ fn random() -> u64 {
 
 /// A kubeconfig holding a fresh token of the controller's ServiceAccount.
 pub fn controller_kubeconfig(dir: &Path) -> PathBuf {
-    let token = kubectl(&[
-        "create",
-        "token",
-        "lbpool-controller",
-        "-n",
-        "lbpool-system",
-        "--duration=2h",
-    ])
-    .expect("token of the controller's ServiceAccount");
+    service_account_kubeconfig(dir, "lbpool-system", "lbpool-controller", &[])
+}
+
+/// A kubeconfig holding a fresh token of ServiceAccount `namespace/account`;
+/// `token_args` go to `kubectl create token` (e.g. `--bound-object-kind Pod`).
+pub fn service_account_kubeconfig(
+    dir: &Path,
+    namespace: &str,
+    account: &str,
+    token_args: &[&str],
+) -> PathBuf {
+    let mut args = vec!["create", "token", account, "-n", namespace, "--duration=2h"];
+    args.extend_from_slice(token_args);
+    let token = kubectl(&args).unwrap_or_else(|e| panic!("token of {namespace}/{account}: {e}"));
     let admin =
         kubectl(&["config", "view", "--raw", "--minify", "-o", "json"]).expect("admin kubeconfig");
     let admin: serde_json::Value = serde_json::from_str(&admin).expect("kubeconfig json");
@@ -259,11 +264,11 @@ pub fn controller_kubeconfig(dir: &Path) -> PathBuf {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "lbpool-controller", "user": {"token": token.trim()}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "lbpool-controller"}}],
+        "users": [{"name": account, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": account}}],
         "current-context": "c",
     });
-    let path = dir.join("controller.kubeconfig");
+    let path = dir.join(format!("{account}-{}.kubeconfig", random() & 0xffff));
     std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json"))
         .expect("write kubeconfig");
     path
