@@ -1097,3 +1097,69 @@ mod tests {
         assert!(r.word.len() < 100, "{}", r.word);
     }
 }
+
+#[cfg(test)]
+mod disguises {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines that reach beyond a pool's load balancer, by section.
+    const GLOBAL_LINES: &[&str] = &[
+        "lua-load /proc/self/fd/3",
+        "setenv PATH /tmp",
+        "chroot /",
+        "stats socket ipv4@0.0.0.0:9999 level admin",
+        "server-state-file /etc/passwd",
+        "ca-base /etc",
+    ];
+    const PROXY_LINES: &[&str] = &[
+        "acl x src -f /var/run/secrets/kubernetes.io/serviceaccount/token",
+        "errorfile 503 /etc/passwd",
+        "http-request return status 200 file /etc/passwd",
+        "http-request set-header X %[env(STATS_PASSWORD)]",
+        "use_backend %[req.hdr(host),map(/etc/hosts)]",
+        "external-check command /bin/sh",
+        "option external-check",
+        "server s example.com:80",
+        "bind unix@/tmp/x.sock",
+        "log /dev/log local0",
+        "http-request lua.run",
+        "filter spoe config /etc/x",
+    ];
+
+    /// `word` spelled another way HAProxy reads the same: each character
+    /// as is, hex-escaped, or in quotes.
+    fn spelled(word: &str, how: &[u8]) -> String {
+        word.chars()
+            .zip(how.iter().cycle())
+            .map(|(c, h)| match h % 4 {
+                1 if c.is_ascii_graphic() => format!("\\x{:02x}", c as u32),
+                2 if c != '\'' => format!("'{c}'"),
+                3 if c != '"' && c != '$' => format!("\"{c}\""),
+                _ => c.to_string(),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn a_hostile_line_passes_in_no_spelling(
+            global in any::<bool>(),
+            pick in any::<prop::sample::Index>(),
+            how in prop::collection::vec(any::<u8>(), 1..16),
+            indent in "[ \t]{0,4}",
+        ) {
+            let lines = if global { GLOBAL_LINES } else { PROXY_LINES };
+            let line = lines[pick.index(lines.len())];
+            let disguised: Vec<String> = line.split(' ').map(|w| spelled(w, &how)).collect();
+            let config = if global {
+                format!("global\n{indent}{}\n", disguised.join(" "))
+            } else {
+                format!("frontend fe\n    bind :80\n{indent}{}\n", disguised.join(" "))
+            };
+            let verdict = check(&config, &LBPOOL);
+            prop_assert!(verdict.is_err(), "passed: {config}");
+            prop_assert_eq!(verdict.unwrap_err().line, if global { 2 } else { 3 });
+        }
+    }
+}

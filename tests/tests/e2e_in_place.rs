@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lbpool_tests::e2e::{HaproxyPod, Load, NS, demo_in_place, patch_pool, patch_pool_as, serial};
-use lbpool_tests::{eventually, http, kubectl};
+use kube::api::{Patch, PatchParams};
+use lbpool_tests::e2e::{HaproxyPod, Load, demo_in_place, patch_pool, serial};
+use lbpool_tests::{eventually, http};
 
 /// Each pod's name, UID and restart count: the same means not replaced
 /// and not restarted.
@@ -140,85 +141,110 @@ async fn e2e_in_place_an_option_change_is_one_seamless_reload() {
     );
 }
 
-/// A user template with a fault only the agent's `haproxy -c` sees: a
-/// `.if defined(...)` block on a variable set in the agent's container
-/// (LBPOOL_CONFIG_MAP), not in the controller's. It stands for any
-/// difference between the two checks (another HAProxy build, a file only
-/// one of them has).
-const AGENT_REJECTS: &str = r#"global
-    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 50s
-    timeout server 50s
-frontend fe_http
-    bind :80
-    default_backend be_webapp
-backend be_webapp
-{{#each servers}}
-    server {{name}} {{address}}:{{port}} check
-{{/each}}
-.if defined(LBPOOL_CONFIG_MAP)
-    no-such-keyword-for-the-agent
-.endif
-"#;
-
+/// The pool's ConfigMap edited by hand into a config that runs a program
+/// (its hash annotation made to match, so only the allowlist stands in the
+/// way): no agent applies it, HAProxy keeps serving with no failed request,
+/// and the controller, told by the agents, restores its config.
+/// Also: the HAProxy container holds no ServiceAccount token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_in_place_a_config_the_agent_rejects_is_never_applied() {
+async fn e2e_in_place_a_config_edited_by_hand_is_applied_by_no_agent() {
     let _turn = serial().await;
     let demo = demo_in_place().await;
     demo.env.set_replicas(2).await;
     let good = demo.served_in_place(2).await;
     let before = demo.haproxy_pods().await;
+    for pod in demo.pods("app.kubernetes.io/name=haproxy").await {
+        let spec = pod.spec.clone().unwrap_or_default();
+        assert_eq!(
+            spec.automount_service_account_token,
+            Some(false),
+            "no token mounted by default"
+        );
+        let haproxy = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "haproxy")
+            .expect("haproxy container");
+        let mounts: Vec<_> = haproxy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.clone())
+            .collect();
+        assert!(
+            !mounts.iter().any(|m| m.starts_with("/var/run/secrets")),
+            "the HAProxy container mounts no credential: {mounts:?}"
+        );
+    }
 
-    let cm = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "agent-rejects", "namespace": NS},
-        "data": {"haproxy.cfg.hbs": AGENT_REJECTS},
+    let load = Load::start(demo.frontend, 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let text = demo.env.config_text().await.expect("the published config");
+    let hostile =
+        format!("{text}\nprogram evil\n    command /bin/sh -c 'touch /tmp/lbpool-pwned'\n");
+    let hostile_hash = lbpool_controller::render::config_hash(&hostile);
+    let edit = serde_json::json!({
+        "metadata": {"annotations": {"lbpool.dev/config-hash": hostile_hash}},
+        "data": {"haproxy.cfg": hostile},
     });
-    lbpool_tests::apply_yaml(NS, &cm.to_string()).expect("the template ConfigMap");
-    patch_pool(r#"{"spec":{"template":{"configMap":"agent-rejects"}}}"#);
+    demo.env
+        .config_maps
+        .patch(
+            "webapp-haproxy",
+            &PatchParams::default(),
+            &Patch::Merge(edit),
+        )
+        .await
+        .expect("edit the ConfigMap by hand");
 
-    let message = eventually(
-        "Ready=False AgentRejected",
-        Duration::from_secs(120),
+    let refused = eventually(
+        "every agent refused the edit",
+        Duration::from_secs(60),
         || async {
-            let status = demo.env.status().await;
-            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-            match ready {
-                Some(c) if c.reason == "AgentRejected" => Ok(c.message.clone()),
+            let now = demo.haproxy_pods().await;
+            let refused = changes(&before, &now, |p| p.refused);
+            if refused.len() == 2 && refused.values().all(|r| *r >= 1.0) {
+                Ok(refused)
+            } else {
+                Err(format!("{refused:?}"))
+            }
+        },
+    )
+    .await;
+    // The controller puts its own config back (it saw the agents' reports).
+    let restored = eventually(
+        "the ConfigMap restored",
+        Duration::from_secs(60),
+        || async {
+            match demo.env.published().await {
+                Ok((hash, _)) if hash == good => Ok(hash),
                 other => Err(format!("{other:?}")),
             }
         },
     )
     .await;
-    println!("status: {message}");
-    assert!(
-        message.contains("no-such-keyword-for-the-agent"),
-        "{message}"
-    );
-    // The controller's haproxy -c accepted it: it is published…
-    let published = demo.env.config_text().await.expect("config");
-    assert!(
-        published.contains("no-such-keyword-for-the-agent"),
-        "{published}"
-    );
-    // …and no agent applied it: every HAProxy still serves the good config.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
     let after = demo.haproxy_pods().await;
-    assert!(after.values().all(|p| p.served == good), "{after:#?}");
-    let refused = changes(&before, &after, |p| p.refused);
-    assert!(refused.values().all(|r| *r >= 1.0), "{refused:?}");
+    println!(
+        "a hand-edited program section: refused {refused:?}, restored {restored}, under load: {report}"
+    );
+    assert!(
+        after.values().all(|p| p.served == good),
+        "every HAProxy serves the good config: {after:#?}"
+    );
     let reloads = changes(&before, &after, |p| p.reloads);
-    assert!(reloads.values().all(|r| *r == 0.0), "{reloads:?}");
+    assert!(
+        reloads.values().all(|r| *r == 0.0),
+        "nothing was reloaded: {reloads:?}"
+    );
+    assert_eq!(
+        identities(&before),
+        identities(&after),
+        "the same pods, not restarted"
+    );
+    assert!(report.sent > 50, "the load ran: {report}");
+    assert_eq!(report.failed, 0, "no request failed: {report}");
     let hosts = demo.hosts_through_service(10).await;
     assert_eq!(hosts.len(), 2, "still served: {hosts:?}");
-
-    patch_pool_as("json", r#"[{"op":"remove","path":"/spec/template"}]"#);
-    let back = demo.served_in_place(2).await;
-    assert_eq!(
-        back, good,
-        "the built-in template renders the good config again"
-    );
-    kubectl(&["delete", "configmap", "agent-rejects", "-n", NS]).expect("delete the template");
 }

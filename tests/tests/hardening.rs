@@ -536,3 +536,195 @@ async fn a_config_map_or_deployment_that_is_not_the_pools_is_never_taken() {
         Some("me")
     );
 }
+
+/// (name, template, reason, text in the message): templates written to get
+/// the controller's powers, each refused before anything runs.
+fn hostile_templates(
+    secret_file: &str,
+    marker: &str,
+) -> Vec<(&'static str, String, &'static str, String)> {
+    let proxy = |line: &str| {
+        format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 5s\n  timeout server 5s\nfrontend fe\n  bind :80\n  {line}\n  default_backend be\nbackend be\n{{{{#each servers}}}}\n  server {{{{name}}}} {{{{address}}}}:{{{{port}}}} check\n{{{{/each}}}}\n"
+        )
+    };
+    let global = |line: &str| format!("global\n  {line}\n{}", proxy("maxconn 10"));
+    let nested = "{{#each servers}}{{#each ../servers}}{{#each ../../servers}}{{#each ../../../servers}}{{#each ../../../../servers}}x{{/each}}{{/each}}{{/each}}{{/each}}{{/each}}";
+    let big = format!(
+        "{{{{#each servers}}}}{{{{#each ../servers}}}}# {}\n{{{{/each}}}}{{{{/each}}}}",
+        "x".repeat(300_000)
+    );
+    vec![
+        (
+            "acl-file",
+            proxy(&format!("acl x src -f {secret_file}")),
+            "ConfigRefused",
+            "'-f'".into(),
+        ),
+        (
+            "lua-fd",
+            format!(
+                "--[[\nglobal\n  lua-load /proc/self/fd/3\n--]] os.execute('touch {marker}')\n"
+            ),
+            "ConfigRefused",
+            "line 1".into(),
+        ),
+        (
+            "lua-load",
+            global("lua-load /proc/self/fd/3"),
+            "ConfigRefused",
+            "'lua-load'".into(),
+        ),
+        (
+            "program",
+            format!(
+                "{}program evil\n  command /bin/sh -c 'touch {marker}'\n",
+                proxy("maxconn 10")
+            ),
+            "ConfigRefused",
+            "'program'".into(),
+        ),
+        (
+            "errorfile",
+            proxy("errorfile 503 /etc/passwd"),
+            "ConfigRefused",
+            "'errorfile'".into(),
+        ),
+        (
+            "if-block",
+            format!(".if defined(HOME)\n{}\n.endif\n", proxy("maxconn 10")),
+            "ConfigRefused",
+            "'.if'".into(),
+        ),
+        (
+            "setenv",
+            global("setenv X y"),
+            "ConfigRefused",
+            "'setenv'".into(),
+        ),
+        (
+            "admin-socket",
+            global("stats socket ipv4@0.0.0.0:9999 level admin"),
+            "ConfigRefused",
+            "'ipv4@0.0.0.0:9999'".into(),
+        ),
+        (
+            "return-file",
+            proxy(&format!(
+                "http-request return status 200 file {secret_file}"
+            )),
+            "ConfigRefused",
+            "'file'".into(),
+        ),
+        (
+            "env-header",
+            proxy("http-request set-header X %[env(HOME)]"),
+            "ConfigRefused",
+            "env".into(),
+        ),
+        (
+            "external-check",
+            proxy("external-check command /bin/true"),
+            "ConfigRefused",
+            "'external-check'".into(),
+        ),
+        (
+            "nested-each",
+            nested.into(),
+            "TemplateTooSlow",
+            "nested #each".into(),
+        ),
+        ("huge-output", big, "ConfigTooLarge", "1000000".into()),
+        (
+            "recursion",
+            "{{#*inline \"p\"}}{{> p}}{{/inline}}{{> p}}".into(),
+            "TemplateInvalid",
+            "partials".into(),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_templates_are_refused_and_reveal_nothing() {
+    let (ns, env, controller) =
+        setup("hostile", &["webapp.yaml", "haproxy.yaml", "pool.yaml"]).await;
+    let n = ns.name.clone();
+    env.converged(2).await;
+    let scratch = scratch_dir(&n);
+    let secret = format!("SECRET-{n}-not-for-status");
+    let secret_file = scratch.join("secret.txt");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("a file with a secret");
+    let marker = scratch.join("pwned");
+    let cases = hostile_templates(&secret_file.to_string_lossy(), &marker.to_string_lossy());
+    for (name, template, ..) in &cases {
+        let cm = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("tpl-{name}")},
+            "data": {"haproxy.cfg.hbs": template},
+        });
+        apply_yaml(&n, &cm.to_string()).expect("template ConfigMap");
+        let pool = format!(
+            "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {{service: webapp}}\n  haproxy: {{deployment: haproxy-{name}}}\n  template: {{configMap: tpl-{name}}}\n"
+        );
+        apply_yaml(&n, &pool).expect("the API server accepts the pool");
+    }
+    // Meanwhile the good pool keeps reconciling.
+    let started = std::time::Instant::now();
+    scale(&n, 3);
+    env.converged(3).await;
+    eprintln!(
+        "the good pool converged in {:?} beside {} hostile ones",
+        started.elapsed(),
+        cases.len()
+    );
+
+    for (name, _, reason, text) in &cases {
+        let (status, got, message) = eventually(&format!("{name}: {reason}"), WAIT, || async {
+            match condition(&env, name, "ConfigValid").await {
+                Some(c) if c.0 == "False" => Ok(c),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            (status.as_str(), got.as_str()),
+            ("False", *reason),
+            "{name}: {message}"
+        );
+        assert!(
+            message.contains(text.as_str()),
+            "{name}: {text:?} not in {message:?}"
+        );
+        assert!(
+            config_text(&env, &format!("{name}-haproxy"))
+                .await
+                .is_none(),
+            "{name}: nothing published"
+        );
+    }
+    assert!(
+        !marker.exists(),
+        "a template ran code: {} exists",
+        marker.display()
+    );
+    let events = kubectl(&["get", "events", "-n", &n, "-o", "yaml"]).expect("events");
+    let statuses = kubectl(&["get", "lbp", "-n", &n, "-o", "yaml"]).expect("pools");
+    let log = controller.log_text();
+    for (what, text) in [
+        ("an Event", &events),
+        ("a status", &statuses),
+        ("the log", &log),
+    ] {
+        assert!(
+            !text.contains(&secret),
+            "{what} holds the secret file's content"
+        );
+        assert!(!text.contains("root:x:0:0"), "{what} holds /etc/passwd");
+    }
+    for (name, _, reason, _) in &cases {
+        assert!(
+            events.contains(&format!("reason: {reason}")),
+            "{name}: a Warning Event {reason}"
+        );
+    }
+}
