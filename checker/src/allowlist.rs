@@ -788,8 +788,37 @@ fn http_check(args: &[String]) -> Verdict {
     }
 }
 
+/// Actions of every kind of rule: variables, counters, captures, addresses.
+const SHARED_ACTIONS: &[&str] = &[
+    "set-var",
+    "set-var-fmt",
+    "unset-var",
+    "set-log-level",
+    "set-nice",
+    "set-tos",
+    "set-mark",
+    "capture",
+    "track-sc0",
+    "track-sc1",
+    "track-sc2",
+    "sc-inc-gpc",
+    "sc-inc-gpc0",
+    "sc-inc-gpc1",
+    "sc-set-gpt",
+    "sc-set-gpt0",
+    "sc-add-gpc",
+    "silent-drop",
+    "reject",
+    "set-src",
+    "set-src-port",
+    "set-dst",
+    "set-dst-port",
+    "set-priority-class",
+    "set-priority-offset",
+];
+
 /// Actions of `http-request`, `http-response`, `http-after-response` and
-/// `stats http-request`.
+/// `stats http-request`, beside [`SHARED_ACTIONS`].
 const HTTP_ACTIONS: &[&str] = &[
     "allow",
     "deny",
@@ -811,25 +840,6 @@ const HTTP_ACTIONS: &[&str] = &[
     "replace-pathq",
     "replace-uri",
     "set-status",
-    "set-var",
-    "set-var-fmt",
-    "unset-var",
-    "set-log-level",
-    "set-nice",
-    "set-tos",
-    "set-mark",
-    "capture",
-    "track-sc0",
-    "track-sc1",
-    "track-sc2",
-    "sc-inc-gpc",
-    "sc-inc-gpc0",
-    "sc-inc-gpc1",
-    "sc-set-gpt",
-    "sc-set-gpt0",
-    "sc-add-gpc",
-    "silent-drop",
-    "reject",
     "disable-l7-retry",
     "early-hint",
     "normalize-uri",
@@ -837,46 +847,15 @@ const HTTP_ACTIONS: &[&str] = &[
     "strict-mode",
     "wait-for-body",
     "wait-for-handshake",
-    "set-src",
-    "set-src-port",
-    "set-dst",
-    "set-dst-port",
-    "set-priority-class",
-    "set-priority-offset",
 ];
 
-/// Actions of `tcp-request` and `tcp-response`.
+/// Actions of `tcp-request` and `tcp-response`, beside [`SHARED_ACTIONS`].
 const TCP_ACTIONS: &[&str] = &[
     "accept",
-    "reject",
     "expect-proxy",
     "expect-netscaler-cip",
-    "capture",
-    "track-sc0",
-    "track-sc1",
-    "track-sc2",
-    "sc-inc-gpc",
-    "sc-inc-gpc0",
-    "sc-inc-gpc1",
-    "sc-set-gpt",
-    "sc-set-gpt0",
-    "sc-add-gpc",
-    "set-var",
-    "set-var-fmt",
-    "unset-var",
-    "silent-drop",
-    "set-src",
-    "set-src-port",
-    "set-dst",
-    "set-dst-port",
-    "set-mark",
-    "set-tos",
-    "set-nice",
-    "set-log-level",
     "switch-mode",
     "close",
-    "set-priority-class",
-    "set-priority-offset",
 ];
 
 fn action_refusal(action: &str) -> Option<&'static str> {
@@ -908,7 +887,7 @@ fn rule_with(args: &[String], allowed: &[&str]) -> Verdict {
     if let Some(why) = action_refusal(name) {
         return refuse(name, why);
     }
-    if !allowed.contains(&name) {
+    if !allowed.contains(&name) && !SHARED_ACTIONS.contains(&name) {
         return refuse(name, "not an action lbpool allows");
     }
     if let Some(w) = args
