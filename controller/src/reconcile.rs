@@ -802,7 +802,18 @@ async fn write_status(
     }
 }
 
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+/// The longest Event note the API server takes (`events.k8s.io/v1`: 1 KiB).
+const NOTE_MAX: usize = 1024;
+
+fn event(type_: EventType, reason: &str, action: &str, mut note: String) -> Event {
+    if note.len() > NOTE_MAX {
+        let mut end = NOTE_MAX - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
     Event {
         type_,
         reason: reason.to_owned(),
@@ -918,6 +929,18 @@ mod tests {
         // Negative seconds (before 1970) floor the same way.
         let early = Timestamp::from_second(-5).unwrap() - jiff::SignedDuration::from_millis(1);
         assert_eq!(whole_second_before(early).as_second(), -6);
+    }
+
+    #[test]
+    fn an_event_note_fits_what_the_api_takes() {
+        let long = "é".repeat(2000);
+        let note = event(EventType::Warning, "R", "A", long)
+            .note
+            .expect("note");
+        assert!(note.len() <= NOTE_MAX, "{}", note.len());
+        assert!(note.ends_with('…'));
+        let short = event(EventType::Normal, "R", "A", "fine".into());
+        assert_eq!(short.note.as_deref(), Some("fine"));
     }
 
     #[test]
