@@ -975,3 +975,67 @@ async fn in_place_keeps_the_recorded_publication_time() {
     assert!(time(published).is_string(), "{published}");
     assert_eq!(time(served), time(published));
 }
+
+/// A pool whose user template (ConfigMap `tpl`) is `source`, and the read of it.
+fn templated(source: &str) -> (LoadBalancerPool, Expect) {
+    let mut p = pool();
+    p.spec.template = Some(lbpool_crds::TemplateRef {
+        config_map: "tpl".into(),
+        key: "haproxy.cfg.hbs".into(),
+    });
+    let source = source.to_owned();
+    let get = expect(
+        Method::GET,
+        &format!("/api/v1{NS}/configmaps/tpl"),
+        move |_: &Value| {
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "tpl", "namespace": "demo"},
+                   "data": {"haproxy.cfg.hbs": source}}),
+            )
+        },
+    );
+    (p, get)
+}
+
+#[tokio::test]
+async fn a_refused_template_never_reaches_haproxy_and_waits_for_a_change_only_when_costly() {
+    for (source, reason, retried) in [
+        (
+            "global\n    lua-load /proc/self/fd/3\n",
+            "ConfigRefused",
+            true,
+        ),
+        (
+            "{{#each servers}}{{#each ../servers}}{{#each ../../servers}}{{#each ../../../servers}}{{#each ../../../../servers}}x{{/each}}{{/each}}{{/each}}{{/each}}{{/each}}",
+            "TemplateTooSlow",
+            false,
+        ),
+    ] {
+        let (p, get) = templated(source);
+        let world = World::with(Some(deployment(None)));
+        let validator = FakeValidator::accepting();
+        let checks = validator.checks.clone();
+        let (sent, action) = run_for(
+            p,
+            &world,
+            validator,
+            vec![get, event_post(), status_apply()],
+        )
+        .await;
+        let valid = condition(sent_to(&sent, "/status"), "ConfigValid");
+        assert_eq!(valid["reason"], reason, "{valid}");
+        assert_eq!(
+            checks.load(Ordering::Relaxed),
+            0,
+            "{reason}: haproxy -c never ran"
+        );
+        // Costly refusals wait for an input to change, not for a timer.
+        assert_eq!(
+            action != Action::await_change(),
+            retried,
+            "{reason}: {action:?}"
+        );
+    }
+}
