@@ -749,8 +749,9 @@ fn conditions(words: &[String]) -> Verdict {
         return refuse(&words[at], "a condition names no ACL");
     }
     while let Some(w) = rest.next() {
-        match w.as_str() {
-            "!" | "||" | "or" => {}
+        // `!{ ssl_fc }` negates an anonymous ACL written against its brace.
+        match w.trim_start_matches('!') {
+            "" | "||" | "or" => {}
             "{" => {
                 let inner: Vec<String> = rest.by_ref().take_while(|w| *w != "}").cloned().collect();
                 let Some((criterion, tail)) = inner.split_first() else {

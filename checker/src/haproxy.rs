@@ -277,6 +277,68 @@ mod tests {
         assert!(!msg.contains("/tmp"), "{msg}");
     }
 
+    /// What users of HAProxy write every day passes both checks: the
+    /// allowlist is no reason to give up templates.
+    #[tokio::test]
+    async fn an_everyday_config_passes_the_allowlist_and_haproxy() {
+        let config = r#"global
+    log stdout format raw local0
+    maxconn 4096
+    hard-stop-after 30s
+    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners
+defaults
+    log global
+    mode http
+    option httplog
+    option dontlognull
+    option redispatch
+    retries 3
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+    timeout http-request 10s
+frontend fe_http
+    bind :8080
+    bind :::8081 v6only
+    acl is_api path_beg -i /api
+    acl is_static path_end -i .jpg .png .css
+    stick-table type ip size 100k expire 30s store http_req_rate(10s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 100 }
+    http-request redirect scheme https code 301 if !{ ssl_fc } { hdr(host) -i secure.example.com }
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-var(txn.host) req.hdr(host),lower
+    http-response set-header Strict-Transport-Security "max-age=16000000; includeSubDomains"
+    http-request return status 200 content-type text/plain string "ok" if { path /ping }
+    capture request header Host len 64
+    unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt
+    use_backend be_api if is_api
+    default_backend be_web
+backend be_api
+    balance leastconn
+    option httpchk GET /healthz
+    http-check expect status 200
+    default-server inter 2s rise 2 fall 3
+    server api-1 10.0.0.1:3000 check maxconn 100
+backend be_web
+    balance roundrobin
+    cookie SERVERID insert indirect nocache
+    option forwardfor
+    compression algo gzip
+    compression type text/html text/css
+    server web-1 10.0.0.2:3000 check cookie web-1
+    server web-2 ipv6@2001:db8::2:3000 check cookie web-2 weight 0
+listen stats
+    bind :1936
+    stats enable
+    stats uri /
+    stats refresh 10s
+"#;
+        if let Err(e) = test_validator().check(config).await {
+            panic!("an everyday config was refused: {e}");
+        }
+    }
+
     #[tokio::test]
     async fn the_allowlist_refuses_before_haproxy_runs() {
         let err = HaproxyValidator::new("/nonexistent/haproxy")

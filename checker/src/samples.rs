@@ -185,8 +185,9 @@ const CONVERTERS: &[&str] = &[
     "xxh64",
 ];
 
-/// Actions written as calls (`set-var(txn.x)`, `sc-inc-gpc0(0)`).
-const ACTION_CALLS: &[&str] = &[
+/// Actions written as calls (`set-var(txn.x)`, `sc-inc-gpc0(0)`), and the
+/// data types a stick table stores (`store http_req_rate(10s)`).
+const OTHER_CALLS: &[&str] = &[
     "set-var",
     "set-var-fmt",
     "unset-var",
@@ -196,6 +197,18 @@ const ACTION_CALLS: &[&str] = &[
     "sc-set-gpt",
     "sc-set-gpt0",
     "sc-add-gpc",
+    "conn_rate",
+    "sess_rate",
+    "http_req_rate",
+    "http_err_rate",
+    "http_fail_rate",
+    "bytes_in_rate",
+    "bytes_out_rate",
+    "gpc",
+    "gpc_rate",
+    "gpc0_rate",
+    "gpc1_rate",
+    "gpt",
 ];
 
 /// Why a fetch or converter name is refused, when it is a known danger.
@@ -238,7 +251,7 @@ pub fn call(name: &str) -> Result<(), String> {
     if let Some(why) = danger(name) {
         return Err(format!("'{name}(…)' {why}"));
     }
-    if is_acl_keyword(name) || CONVERTERS.contains(&name) || ACTION_CALLS.contains(&name) {
+    if is_acl_keyword(name) || CONVERTERS.contains(&name) || OTHER_CALLS.contains(&name) {
         Ok(())
     } else {
         Err(format!(
