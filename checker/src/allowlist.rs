@@ -166,6 +166,16 @@ fn check_line(section: Section, line: &Line, declared: &Declared) -> Verdict {
         return Ok(());
     }
     env(line, declared)?;
+    // `except` takes a network HAProxy would resolve if it were a name.
+    if matches!(words[0].as_str(), "option" | "no")
+        && let Some(at) = words.iter().position(|w| w == "except")
+        && let Some(network) = words.get(at + 1).filter(|n| !is_network(n))
+    {
+        return refuse(
+            network,
+            "an address pattern is an IP address or network: names are not resolved",
+        );
+    }
     match section {
         Section::None => refuse(&words[0], "a keyword outside any section"),
         Section::Global => global(words, declared),
@@ -257,7 +267,9 @@ fn is_address(s: &str, port: PortRule) -> bool {
             (host.is_empty() || host == "*" || host == "::" || host_ok(host)) && port_ok(p)
         }
         Some((host, p)) if host_ok(host) && port_ok(p) => true,
-        _ => port == PortRule::Optional && host_ok(s),
+        // HAProxy takes the part after the last colon as the port: only an
+        // IPv4 address may go without one.
+        _ => port == PortRule::Optional && !s.contains(':') && host_ok(s),
     }
 }
 
@@ -710,14 +722,37 @@ fn acl(words: &[String]) -> Verdict {
     }
 }
 
+/// An IP address or network: never a name HAProxy would resolve.
+fn is_network(s: &str) -> bool {
+    let (ip, mask) = s.split_once('/').unwrap_or((s, "0"));
+    ip.parse::<IpAddr>().is_ok() && (is_number(mask) || mask.parse::<IpAddr>().is_ok())
+}
+
+/// Whether HAProxy reads an ACL's values as addresses (and would resolve
+/// a name among them): an address fetch, `ipmask`, or `-m ip`.
+fn ip_typed(criterion: &str, rest: &[String]) -> bool {
+    let fetch = criterion.split(['(', ',']).next().unwrap_or(criterion);
+    let fetch = fetch.trim_end_matches("_ip");
+    [
+        "src", "dst", "fc_src", "fc_dst", "bc_src", "bc_dst", "ipv4", "ipv6",
+    ]
+    .contains(&fetch)
+        || criterion
+            .split(['(', ','])
+            .next()
+            .is_some_and(|f| f.ends_with("_ip"))
+        || criterion.contains("ipmask")
+        || rest.windows(2).any(|w| w[0] == "-m" && w[1] == "ip")
+}
+
 /// An ACL's criterion and what follows it (flags, then values).
 fn acl_expression(criterion: &str, rest: &[String]) -> Verdict {
     samples::criterion(criterion).or_else(|rule| refuse(criterion, rule))?;
-    let mut rest = rest.iter().map(String::as_str);
-    while let Some(w) = rest.next() {
+    let mut words = rest.iter().map(String::as_str);
+    while let Some(w) = words.next() {
         match w {
             "-m" => {
-                let method = rest.next().unwrap_or("");
+                let method = words.next().unwrap_or("");
                 if !MATCH_METHODS.contains(&method) {
                     return refuse(method, "not a match method HAProxy knows");
                 }
@@ -733,6 +768,17 @@ fn acl_expression(criterion: &str, rest: &[String]) -> Verdict {
             }
             // The first value: the rest are values too.
             _ => break,
+        }
+    }
+    if ip_typed(criterion, rest) {
+        let values = rest
+            .iter()
+            .filter(|w| !w.starts_with('-') && !MATCH_METHODS.contains(&w.as_str()));
+        if let Some(name) = values.clone().find(|v| !is_network(v)) {
+            return refuse(
+                name,
+                "an address pattern is an IP address or network: names are not resolved",
+            );
         }
     }
     Ok(())
@@ -987,6 +1033,33 @@ mod tests {
             ("stick-table type ip size 1k peers p", "'peers'"),
             ("http-check connect addr 10.0.0.1 port 80", "'connect'"),
             ("acl a lua.f -m found", "'lua.f'"),
+            (
+                "acl evil src exfil.attacker.example",
+                "'exfil.attacker.example'",
+            ),
+            (
+                "http-request deny if { src 10.0.0.0/8 exfil.example }",
+                "'exfil.example'",
+            ),
+            (
+                "http-request deny if { req.hdr(x) -m ip exfil.example }",
+                "'exfil.example'",
+            ),
+            (
+                "http-request deny if { hdr_ip(x) exfil.example }",
+                "'exfil.example'",
+            ),
+            ("option forwardfor except exfil.example", "'exfil.example'"),
+            ("option originalto except exfil.example", "'exfil.example'"),
+            ("server a 2001:db8::80", "'2001:db8::80'"),
+            (
+                "http-request return status 200 content-type text/plain\\\tfile /etc/passwd",
+                "line",
+            ),
+            (
+                "http-request set-header X %[last_rule_file]",
+                "'%[last_rule_file]'",
+            ),
             ("http-request deny if { env(X) -m found }", "'env(X)'"),
         ];
         let at = HEAD.lines().count() + 1;

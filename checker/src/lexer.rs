@@ -27,6 +27,9 @@ pub enum LexError {
     UnclosedQuote,
     /// A `$` outside single quotes that does not name a variable.
     BadExpansion,
+    /// A backslash before a tab: HAProxy keeps the backslash and splits
+    /// the word at the tab, so it cannot be read one way only.
+    TabEscape,
 }
 
 impl std::fmt::Display for LexError {
@@ -34,6 +37,7 @@ impl std::fmt::Display for LexError {
         f.write_str(match self {
             LexError::ControlCharacter => "a control character is not allowed",
             LexError::UnclosedQuote => "a quote is never closed",
+            LexError::TabEscape => "a backslash before a tab is not allowed (HAProxy splits the word there)",
             LexError::BadExpansion => {
                 "a '$' outside single quotes expands a variable: write a literal '$' in single quotes"
             }
@@ -103,7 +107,8 @@ fn lex(raw: &str) -> Result<(Vec<String>, Vec<String>), LexError> {
             '\\' => {
                 in_word = true;
                 match chars.peek().copied() {
-                    Some(e @ (' ' | '#' | '\t' | '"' | '\'' | '\\')) => {
+                    Some('\t') => return Err(LexError::TabEscape),
+                    Some(e @ (' ' | '#' | '"' | '\'' | '\\')) => {
                         chars.next();
                         word.push(e);
                     }
@@ -235,6 +240,10 @@ mod tests {
     #[test]
     fn control_characters_and_open_quotes_are_errors() {
         assert_eq!(lex("a\rb"), Err(LexError::ControlCharacter));
+        assert_eq!(
+            lex("text/plain\\\tfile /etc/passwd"),
+            Err(LexError::TabEscape)
+        );
         assert_eq!(lex(r"a\nb"), Err(LexError::ControlCharacter));
         assert_eq!(lex(r"a\x0ab"), Err(LexError::ControlCharacter));
         assert_eq!(lex(r"a\xc3b"), Err(LexError::ControlCharacter));

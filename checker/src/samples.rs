@@ -277,8 +277,18 @@ pub fn criterion(word: &str) -> Result<(), String> {
 }
 
 /// Checks every `name(` in `word`, as HAProxy's expression parser would
-/// find it (identifier characters, then an opening parenthesis).
+/// find it (identifier characters, then an opening parenthesis), and the
+/// fetch that starts each `%[…]` expression, with or without arguments.
 pub fn calls(word: &str) -> Result<(), String> {
+    for (_, expr) in word.match_indices("%[").map(|(i, _)| ((), &word[i + 2..])) {
+        let fetch: String = expr
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+            .collect();
+        if !fetch.is_empty() {
+            criterion(&fetch)?;
+        }
+    }
     let is_id = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+');
     let bytes: Vec<char> = word.chars().collect();
     for (i, &c) in bytes.iter().enumerate() {
