@@ -732,15 +732,11 @@ fn is_network(s: &str) -> bool {
 /// a name among them): an address fetch, `ipmask`, or `-m ip`.
 fn ip_typed(criterion: &str, rest: &[String]) -> bool {
     let fetch = criterion.split(['(', ',']).next().unwrap_or(criterion);
-    let fetch = fetch.trim_end_matches("_ip");
     [
         "src", "dst", "fc_src", "fc_dst", "bc_src", "bc_dst", "ipv4", "ipv6",
     ]
     .contains(&fetch)
-        || criterion
-            .split(['(', ','])
-            .next()
-            .is_some_and(|f| f.ends_with("_ip"))
+        || fetch.ends_with("_ip")
         || criterion.contains("ipmask")
         || rest.windows(2).any(|w| w[0] == "-m" && w[1] == "ip")
 }

@@ -8,7 +8,7 @@
 //! for `check` the config; the client half-closes, the server answers with
 //! one JSON [`Answer`] and closes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,10 +137,6 @@ impl RemoteValidator {
             // The service's own check may take 10 s, and it may queue.
             timeout: Duration::from_secs(30),
         }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     async fn ask(&self, request: &[u8]) -> Result<Answer, ValidationError> {
