@@ -1,6 +1,6 @@
 //! The agent process: watches its pool's ConfigMap, applies each new config
 //! to the HAProxy beside it ([`Applier`]) and says on its own pod which
-//! config HAProxy serves ([`lbpool_controller::agents`]).
+//! config HAProxy serves (the keys of [`lbpool_wire`]).
 //!
 //! It runs as a native sidecar (an init container with `restartPolicy:
 //! Always`), so it starts before HAProxy: it writes the first config to
@@ -25,11 +25,11 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use lbpool_checker::{HaproxyValidator, ValidationError, Validator as _};
-use lbpool_controller::agents::{POOL_LABEL, REJECTED_ANNOTATION, SERVED_ANNOTATION};
-use lbpool_controller::desired::{CONFIG_HASH_ANNOTATION, CONFIG_KEY};
-use lbpool_controller::model::RUNTIME_API_SOCKET;
-use lbpool_controller::render::{config_hash, revision};
-use lbpool_controller::run::{LogFormat, init_logging, termination};
+use lbpool_process::{LogFormat, init_logging, termination};
+use lbpool_wire::{
+    CONFIG_FILE, CONFIG_HASH_ANNOTATION, CONFIG_KEY, MASTER_SOCKET, POOL_LABEL,
+    REJECTED_ANNOTATION, RUNTIME_API_SOCKET, Rejection, SERVED_ANNOTATION, config_hash, revision,
+};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -41,8 +41,6 @@ use crate::runtime::{self, Socket};
 /// How often the agent looks again while something is left to do
 /// (servers draining, a report or an apply to retry).
 const TICK: Duration = Duration::from_secs(1);
-/// The longest refusal message put on the pod.
-const MESSAGE_MAX: usize = 512;
 
 /// Command-line arguments (each also read from the environment).
 #[derive(Debug, clap::Parser)]
@@ -58,21 +56,13 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub pod: String,
     /// The file HAProxy loads (`haproxy -f`), in a volume both share.
-    #[arg(
-        long,
-        env = "LBPOOL_CONFIG_FILE",
-        default_value = "/run/haproxy/haproxy.cfg"
-    )]
+    #[arg(long, env = "LBPOOL_CONFIG_FILE", default_value = CONFIG_FILE)]
     pub file: PathBuf,
     /// HAProxy's Runtime API (the `stats socket` the InPlace config declares).
     #[arg(long, env = "LBPOOL_ADMIN_SOCKET", default_value = RUNTIME_API_SOCKET)]
     pub admin_socket: PathBuf,
     /// HAProxy's master CLI (`haproxy -W -S <path>`).
-    #[arg(
-        long,
-        env = "LBPOOL_MASTER_SOCKET",
-        default_value = "/run/haproxy/master.sock"
-    )]
+    #[arg(long, env = "LBPOOL_MASTER_SOCKET", default_value = MASTER_SOCKET)]
     pub master_socket: PathBuf,
     /// The haproxy binary that checks each config (`haproxy -c`).
     #[arg(long, env = "LBPOOL_HAPROXY_BIN", default_value = "haproxy")]
@@ -138,7 +128,7 @@ fn published(cm: &ConfigMap, text: &str) -> Result<(), String> {
 struct Said {
     pool: Option<String>,
     served: Option<String>,
-    /// `<hash> <message>`.
+    /// A [`Rejection`], as written.
     rejected: Option<String>,
 }
 
@@ -151,7 +141,7 @@ struct Health {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    init_logging(args.log_format, "info,kube=warn");
     let client = Client::try_default()
         .await
         .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?;
@@ -378,15 +368,8 @@ impl Agent {
 
     fn refused(&mut self, next: &Wanted, message: &str) {
         warn!(config = revision(&next.hash), %message, "config refused; HAProxy keeps its last one");
-        let line: String = message
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .chars()
-            .take(MESSAGE_MAX)
-            .collect();
         self.said.pool.clone_from(&next.pool);
-        self.said.rejected = Some(format!("{} {line}", next.hash));
+        self.said.rejected = Some(Rejection::new(&next.hash, message).to_string());
     }
 
     /// Puts [`Said`] on the pod, when it changed; a failure is retried at

@@ -28,12 +28,7 @@ pub struct Declared {
     pub runtime_api: Cow<'static, str>,
 }
 
-/// Where HAProxy's Runtime API listens in an `InPlace` pod: a socket in the
-/// volume HAProxy and the agent share.
-pub const RUNTIME_API_SOCKET: &str = "/run/haproxy/admin.sock";
-
-/// The environment variables of the stats page's basic auth.
-pub const STATS_ENV: [&str; 2] = ["STATS_USERNAME", "STATS_PASSWORD"];
+use lbpool_wire::{RUNTIME_API_SOCKET, STATS_ENV};
 
 /// The stats page's guard: no page without both credentials. The only
 /// line that may read lbpool's variables with `env()`, and only whether

@@ -39,8 +39,8 @@ pub enum ValidationError {
 /// Environment the rendered config may refer to (see `stats.authSecret`):
 /// the check needs values, not the real ones, and gets nothing else.
 const PLACEHOLDER_ENV: [(&str, &str); 2] = [
-    (allowlist::STATS_ENV[0], "check"),
-    (allowlist::STATS_ENV[1], "check"),
+    (lbpool_wire::STATS_ENV[0], "check"),
+    (lbpool_wire::STATS_ENV[1], "check"),
 ];
 
 /// The longest message kept of HAProxy's answer: it goes into a status

@@ -19,6 +19,6 @@ pub mod lexer;
 pub mod samples;
 pub mod service;
 
-pub use allowlist::{Declared, LBPOOL, RUNTIME_API_SOCKET, Refusal, STATS_ENV, check};
+pub use allowlist::{Declared, LBPOOL, Refusal, check};
 pub use haproxy::{HaproxyValidator, ValidationError, Validator};
 pub use service::RemoteValidator;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use lbpool_controller::model::{self, BackendPort};
-use lbpool_controller::render::{Renderer, Template, config_hash};
+use lbpool_controller::render::{Renderer, Template};
 use lbpool_crds::LoadBalancerPool;
+use lbpool_wire::config_hash;
 
 fn pool() -> LoadBalancerPool {
     serde_json::from_value(serde_json::json!({

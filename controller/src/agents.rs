@@ -15,14 +15,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use lbpool_crds::HaproxyStatus;
 
-pub use crate::desired::POOL_LABEL;
-use crate::desired::Served;
-use crate::render::revision;
+use lbpool_wire::{POOL_LABEL, REJECTED_ANNOTATION, Rejection, SERVED_ANNOTATION, revision};
 
-/// The hash of the config the HAProxy in this pod serves.
-pub const SERVED_ANNOTATION: &str = "lbpool.dev/served-hash";
-/// `<hash> <message>`: the last config this pod's agent refused, and why.
-pub const REJECTED_ANNOTATION: &str = "lbpool.dev/rejected";
+use crate::desired::Served;
 
 /// One agent's pod, as far as the status is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +26,8 @@ pub struct Report<'a> {
     pub ready: bool,
     pub deleting: bool,
     pub served: Option<&'a str>,
-    /// `(hash, message)` of the config its agent refused last.
-    pub rejected: Option<(&'a str, &'a str)>,
+    /// The config its agent refused last, and why.
+    pub rejected: Option<Rejection<'a>>,
 }
 
 impl<'a> Report<'a> {
@@ -49,7 +44,7 @@ impl<'a> Report<'a> {
             ready: is_ready(pod),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             served: annotation(SERVED_ANNOTATION),
-            rejected: annotation(REJECTED_ANNOTATION).map(|r| r.split_once(' ').unwrap_or((r, ""))),
+            rejected: annotation(REJECTED_ANNOTATION).map(Rejection::parse),
         }
     }
 }
@@ -113,8 +108,10 @@ pub fn in_place(deployment: &Deployment, reports: &[Report<'_>], wanted: &str) -
         .map(|(hash, _)| *hash)
         .filter(|h| !h.is_empty());
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-    let refused = live.iter().find_map(|r| match r.rejected {
-        Some((hash, message)) if hash == wanted => Some((r.pod.to_owned(), message.to_owned())),
+    let refused = live.iter().find_map(|r| match &r.rejected {
+        Some(rejection) if rejection.hash == wanted => {
+            Some((r.pod.to_owned(), rejection.message.clone().into_owned()))
+        }
         _ => None,
     });
     let complete = serving == ready && count(serving) >= want;
@@ -203,7 +200,7 @@ mod tests {
         let mut leaving = report("old", true, Some("old"));
         leaving.deleting = true;
         let mut refusing = report("b", true, Some("old"));
-        refusing.rejected = Some(("new", "unknown keyword"));
+        refusing.rejected = Some(Rejection::parse("new unknown keyword"));
         let r = in_place(&d, &[leaving, refusing], "new");
         assert_eq!(
             r.refused,
@@ -213,7 +210,7 @@ mod tests {
         assert_eq!(r.hash.as_deref(), Some("old"));
         // A refusal of an older config is history.
         let mut past = report("b", true, Some("new"));
-        past.rejected = Some(("older", "whatever"));
+        past.rejected = Some(Rejection::parse("older whatever"));
         let r = in_place(&d, &[past], "new");
         assert_eq!(r.refused, None);
         assert!(r.complete);
@@ -240,7 +237,9 @@ mod tests {
             before.ready,
             before.deleting,
             before.served.map(str::to_owned),
-            before.rejected.map(|(h, m)| (h.to_owned(), m.to_owned())),
+            before
+                .rejected
+                .map(|r| (r.hash.to_owned(), r.message.into_owned())),
         );
         slim_pod(&mut pod);
         let after = Report::of(&pod);
@@ -250,7 +249,9 @@ mod tests {
                 after.ready,
                 after.deleting,
                 after.served.map(str::to_owned),
-                after.rejected.map(|(h, m)| (h.to_owned(), m.to_owned())),
+                after
+                    .rejected
+                    .map(|r| (r.hash.to_owned(), r.message.into_owned())),
             )
         );
         assert_eq!(before.3, Some(("sha256:b".into(), "bad".into())));

@@ -43,10 +43,11 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 use lbpool_crds::LoadBalancerPool;
 
-use crate::desired::{
-    CONFIG_HASH_ANNOTATION, CONFIG_KEY, POOL_CLAIM_ANNOTATION, POOL_LABEL, published_hash,
+use lbpool_wire::{
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, POOL_CLAIM_ANNOTATION, POOL_LABEL, config_hash,
 };
-use crate::render::config_hash;
+
+use crate::desired::published_hash;
 
 /// Label of EndpointSlices naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -392,7 +393,7 @@ pub fn slim_deployment(d: &mut Deployment) {
                 .env
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|e| lbpool_checker::STATS_ENV.contains(&e.name.as_str()))
+                .filter(|e| lbpool_wire::STATS_ENV.contains(&e.name.as_str()))
                 .map(|mut e| {
                     e.value = None;
                     e

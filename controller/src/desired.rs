@@ -17,19 +17,12 @@ use serde_json::json;
 
 use crate::conditions::{self, Desired, kind, reason};
 use crate::model::{InvalidPool, Model};
-use crate::render::{RenderedConfig, revision};
+use lbpool_wire::{
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, FIELD_MANAGER, MANAGED_BY_LABEL, POOL_CLAIM_ANNOTATION,
+    POOL_LABEL, STATS_ENV, revision,
+};
 
-/// The field manager of every write: one owner for everything lbpool sets.
-pub const MANAGER: &str = "lbpool-controller";
-/// Pod-template annotation of the HAProxy Deployment, and annotation of the ConfigMap.
-pub const CONFIG_HASH_ANNOTATION: &str = "lbpool.dev/config-hash";
-/// Label on generated ConfigMaps naming their pool.
-pub const POOL_LABEL: &str = "lbpool.dev/pool";
-/// Annotation of the HAProxy Deployment naming the pool that rolls it, set
-/// with its first rollout: one Deployment, one pool.
-pub const POOL_CLAIM_ANNOTATION: &str = "lbpool.dev/pool";
-/// The ConfigMap key HAProxy reads.
-pub const CONFIG_KEY: &str = "haproxy.cfg";
+use crate::render::RenderedConfig;
 
 /// Where a container of the HAProxy Deployment takes one stats credential
 /// from (`STATS_USERNAME` or `STATS_PASSWORD`).
@@ -54,7 +47,7 @@ pub fn stats_credentials(deployment: &Deployment) -> Vec<StatsCredential> {
             c.env
                 .iter()
                 .flatten()
-                .filter(|e| lbpool_checker::STATS_ENV.contains(&e.name.as_str()))
+                .filter(|e| STATS_ENV.contains(&e.name.as_str()))
                 .map(|e| StatsCredential {
                     container: c.name.clone(),
                     variable: e.name.clone(),
@@ -106,7 +99,7 @@ pub fn stats_secret_used(
         )));
     }
     let both = found.iter().any(|c| {
-        lbpool_checker::STATS_ENV.iter().all(|v| {
+        STATS_ENV.iter().all(|v| {
             found
                 .iter()
                 .any(|o| o.container == c.container && o.variable == *v)
@@ -130,10 +123,7 @@ pub fn config_map(pool: &LoadBalancerPool, config: &RenderedConfig) -> ConfigMap
             name: Some(pool.config_map_name()),
             namespace: pool.metadata.namespace.clone(),
             labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    MANAGER.to_owned(),
-                ),
+                (MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned()),
                 (POOL_LABEL.to_owned(), pool_name),
             ])),
             annotations: Some(BTreeMap::from([(
@@ -786,7 +776,7 @@ mod tests {
         let text = "global\n";
         let config = RenderedConfig {
             text: text.into(),
-            hash: crate::render::config_hash(text),
+            hash: lbpool_wire::config_hash(text),
         };
         let want = config_map(&p, &config);
         let mut have = want.clone();

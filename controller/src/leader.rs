@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::desired::MANAGER;
+use lbpool_wire::FIELD_MANAGER as MANAGER;
 
 /// Where the Lease lives and how long it holds.
 #[derive(Clone, Debug)]

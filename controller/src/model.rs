@@ -95,7 +95,7 @@ pub struct Proxy {
 
 /// Where HAProxy's Runtime API listens in an `InPlace` pod (declared, and
 /// so allowed, by the checker).
-pub use lbpool_checker::RUNTIME_API_SOCKET;
+use lbpool_wire::RUNTIME_API_SOCKET;
 
 /// Name and namespace of the pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

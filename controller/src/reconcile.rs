@@ -29,13 +29,14 @@ use tracing::{debug, info, warn};
 use crate::agents;
 use crate::cache::Caches;
 use crate::conditions::reason;
-use crate::desired::{self, DeploymentState, MANAGER};
+use crate::desired::{self, DeploymentState};
 use crate::error::{Context as _, Error};
 use crate::metrics::{Metrics, UpdateKind};
 use crate::model::{self, InvalidPool, Model};
 use crate::render::{RenderedConfig, Renderer, Template};
 use crate::strategy::{ConfigMapNow, ConfigMapWrite, Found, Strategy};
 use lbpool_checker::{ValidationError, Validator};
+use lbpool_wire::FIELD_MANAGER as MANAGER;
 
 /// How often an invalid pool is looked at again even without a change (a
 /// safety net: the inputs that can make it valid are all watched).
@@ -654,7 +655,7 @@ async fn publish(
                 "Deployment {deployment_name} rolls for config {} ({} backends, was {})",
                 p.config.revision(),
                 p.model.servers.len(),
-                deployed.as_deref().map_or("none", crate::render::revision)
+                deployed.as_deref().map_or("none", lbpool_wire::revision)
             );
             // The Deployment at its new version is the related object, so
             // each rollout is an Event of its own, not a repeat in a series.

@@ -14,12 +14,12 @@ use std::fmt::Write as _;
 
 use handlebars::Handlebars;
 use handlebars::template::{Parameter, TemplateElement};
-use sha2::{Digest, Sha256};
 
 use crate::conditions::reason;
 use serde::Serialize;
 
 use crate::model::{InvalidPool, Model, Proxy};
+use lbpool_wire::{config_hash, revision};
 
 /// The built-in template: the lab's final haproxy.cfg, with the pool's options.
 pub const BUILT_IN_TEMPLATE: &str = include_str!("templates/haproxy.cfg.hbs");
@@ -52,23 +52,6 @@ impl RenderedConfig {
     pub fn revision(&self) -> &str {
         revision(&self.hash)
     }
-}
-
-/// The first 10 hex digits of a `sha256:` hash.
-pub fn revision(hash: &str) -> &str {
-    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
-    &hex[..hex.len().min(10)]
-}
-
-/// `sha256:<hex>` of the rendered bytes.
-pub fn config_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 /// What the built-in template sees: the proxy settings, and the `server`

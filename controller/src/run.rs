@@ -27,14 +27,15 @@ use lbpool_crds::LoadBalancerPool;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Health, Role};
-use crate::agents::{self, POOL_LABEL};
+use crate::agents;
 use crate::cache::{self, Caches, SERVICE_NAME_LABEL, Writers};
-use crate::desired::MANAGER;
 use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::triggers;
 use lbpool_checker::{HaproxyValidator, RemoteValidator, ValidationError, Validator};
+use lbpool_process::{LogFormat, init_logging, termination};
+use lbpool_wire::{FIELD_MANAGER, MANAGED_BY_LABEL, POOL_LABEL};
 
 /// Command-line arguments (each also read from the environment).
 #[derive(Debug, clap::Parser)]
@@ -91,28 +92,6 @@ pub struct Args {
     /// waits at most after its leader died. Renewed every third of it.
     #[arg(long, env = "LBPOOL_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration_seconds: u64,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logs to stdout in `format`, filtered by `RUST_LOG` (default: info, and
-/// warnings of kube). Shared with the agent.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    // Colours only on a terminal: a container's log is read as plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -241,25 +220,6 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT. Shared with the agent.
-pub async fn termination() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 /// A name for this process in the election when it has no pod name.
 fn fallback_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -309,7 +269,7 @@ async fn checker(args: &Args) -> anyhow::Result<(Box<dyn Validator>, String)> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    init_logging(args.log_format, "info,kube=warn");
     let (validator, version) = checker(&args).await?;
     info!(%version, checker = ?args.checker_socket, "configs are checked by the allowlist and haproxy -c");
 
@@ -419,7 +379,7 @@ async fn controller(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let reporter = Reporter {
-        controller: MANAGER.into(),
+        controller: FIELD_MANAGER.into(),
         instance: Some(identity),
     };
     let ns = args.namespace.as_deref();
@@ -494,8 +454,7 @@ async fn controller(
             std::future::ready(event.map(|e| deployment_trigger.on(e)).transpose())
         });
     // Generated ConfigMaps: looked at when edited by someone else or deleted.
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     let config_maps = watcher(api::<ConfigMap>(&client, ns), owned)
         .backoff(WatchBackoff::default())
         .modify(cache::slim_config_map)

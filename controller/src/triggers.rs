@@ -26,9 +26,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use lbpool_crds::LoadBalancerPool;
 
-use crate::desired::{
-    POOL_CLAIM_ANNOTATION, Served, StatsCredential, published_hash, served, stats_credentials,
-};
+use lbpool_wire::POOL_CLAIM_ANNOTATION;
+
+use crate::desired::{Served, StatsCredential, published_hash, served, stats_credentials};
 
 /// Passes on an object when what a reconcile reads of it (`inputs`)
 /// changed since it last passed, when it is first seen and when it is
@@ -122,7 +122,8 @@ pub fn agent_trigger() -> Changes<Pod, AgentReport> {
             r.ready,
             r.deleting,
             r.served.map(str::to_owned),
-            r.rejected.map(|(h, m)| (h.to_owned(), m.to_owned())),
+            r.rejected
+                .map(|r| (r.hash.to_owned(), r.message.into_owned())),
         )
     })
 }
@@ -141,9 +142,9 @@ pub fn config_map_event(event: Event<ConfigMap>) -> Option<ConfigMap> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::config_hash;
     use crate::testing::pool;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use lbpool_wire::config_hash;
     use std::collections::BTreeMap;
 
     #[test]
@@ -207,13 +208,13 @@ mod tests {
     fn config_map(text: &str, hash: &str) -> ConfigMap {
         let mut cm = ConfigMap {
             data: Some(BTreeMap::from([(
-                crate::desired::CONFIG_KEY.into(),
+                lbpool_wire::CONFIG_KEY.into(),
                 text.into(),
             )])),
             ..ConfigMap::default()
         };
         cm.metadata.annotations = Some(BTreeMap::from([(
-            crate::desired::CONFIG_HASH_ANNOTATION.into(),
+            lbpool_wire::CONFIG_HASH_ANNOTATION.into(),
             hash.into(),
         )]));
         crate::cache::slim_config_map(&mut cm);

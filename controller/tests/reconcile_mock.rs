@@ -23,6 +23,10 @@ use lbpool_controller::model;
 use lbpool_controller::reconcile::{Context, reconcile};
 use lbpool_controller::render::{Renderer, Template};
 use lbpool_crds::LoadBalancerPool;
+use lbpool_wire::{
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, FIELD_MANAGER, MANAGED_BY_LABEL, POOL_CLAIM_ANNOTATION,
+    POOL_LABEL, REJECTED_ANNOTATION, RUNTIME_API_SOCKET, SERVED_ANNOTATION,
+};
 use serde_json::{Value, json};
 
 /// A validator that accepts everything, or rejects everything with a
@@ -243,7 +247,7 @@ fn serve(script: Vec<Expect>) -> (Client, tokio::task::JoinHandle<Vec<(String, V
 
 fn context(client: Client, validator: FakeValidator, caches: Caches) -> Arc<Context> {
     let reporter = Reporter {
-        controller: "lbpool-controller".into(),
+        controller: FIELD_MANAGER.into(),
         instance: None,
     };
     Arc::new(Context::new(
@@ -320,7 +324,7 @@ fn slices() -> Value {
 
 /// The HAProxy Deployment, 2 pods, its rollout of `hash` complete.
 fn deployment(hash: Option<&str>) -> Value {
-    let annotations = hash.map_or(json!({}), |h| json!({"lbpool.dev/config-hash": h}));
+    let annotations = hash.map_or(json!({}), |h| json!({CONFIG_HASH_ANNOTATION: h}));
     json!({"apiVersion": "apps/v1", "kind": "Deployment",
            "metadata": {"name": "haproxy", "namespace": "demo", "resourceVersion": "7", "generation": 3},
            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "haproxy"}},
@@ -390,11 +394,11 @@ async fn a_new_config_map_is_created_and_an_up_to_date_deployment_is_not_patched
     .await;
     let config_map = &sent[0].1;
     assert_eq!(
-        config_map["metadata"]["annotations"]["lbpool.dev/config-hash"],
+        config_map["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
         hash.as_str()
     );
     assert!(
-        config_map["data"]["haproxy.cfg"]
+        config_map["data"][CONFIG_KEY]
             .as_str()
             .unwrap_or_default()
             .contains("server webapp-1 10.244.0.7:3000 check")
@@ -446,10 +450,10 @@ async fn a_pool_deleted_during_its_reconcile_is_not_an_error() {
 fn rollout(claimed_by: Option<&'static str>) -> Expect {
     expect(Method::PATCH, &deployment_path(), move |body| {
         let mut d = deployment(
-            body["spec"]["template"]["metadata"]["annotations"]["lbpool.dev/config-hash"].as_str(),
+            body["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].as_str(),
         );
         if let Some(other) = claimed_by {
-            d["metadata"]["annotations"] = json!({"lbpool.dev/pool": other});
+            d["metadata"]["annotations"] = json!({POOL_CLAIM_ANNOTATION: other});
         }
         for (k, v) in body["metadata"]["annotations"]
             .as_object()
@@ -490,8 +494,8 @@ async fn changed_hash_writes_the_config_map_first_then_rolls_the_deployment() {
     assert_eq!(
         patch,
         &json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "haproxy", "annotations": {"lbpool.dev/pool": "webapp"}},
-                "spec": {"template": {"metadata": {"annotations": {"lbpool.dev/config-hash": hash}}}}}),
+                "metadata": {"name": "haproxy", "annotations": {POOL_CLAIM_ANNOTATION: "webapp"}},
+                "spec": {"template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}}}}),
         "only the pod-template annotation and the pool's claim are applied"
     );
     let event = sent_to(&sent, "/events");
@@ -533,7 +537,7 @@ fn assert_conflict(event: &Value, status: &Value, reason: &str, says: &str) {
 /// A Deployment claimed by pool `other`.
 fn claimed_by_other() -> Value {
     let mut d = deployment(Some("sha256:others"));
-    d["metadata"]["annotations"] = json!({"lbpool.dev/pool": "other"});
+    d["metadata"]["annotations"] = json!({POOL_CLAIM_ANNOTATION: "other"});
     d
 }
 
@@ -571,7 +575,7 @@ async fn the_claim_of_a_deleted_pool_is_void() {
     )
     .await;
     assert_eq!(
-        sent[1].1["metadata"]["annotations"]["lbpool.dev/pool"],
+        sent[1].1["metadata"]["annotations"][POOL_CLAIM_ANNOTATION],
         "webapp"
     );
 }
@@ -650,12 +654,12 @@ async fn a_config_haproxy_rejects_is_not_published() {
 fn own_config_map(hash: &str, text: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap",
            "metadata": {"name": "webapp-haproxy", "namespace": "demo",
-                        "labels": {"app.kubernetes.io/managed-by": "lbpool-controller", "lbpool.dev/pool": "webapp"},
-                        "annotations": {"lbpool.dev/config-hash": hash},
+                        "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, POOL_LABEL: "webapp"},
+                        "annotations": {CONFIG_HASH_ANNOTATION: hash},
                         "ownerReferences": [{"apiVersion": "lbpool.dev/v1alpha1", "kind": "LoadBalancerPool",
                                              "name": "webapp", "uid": "00000000-0000-0000-0000-000000000001",
                                              "controller": true}]},
-           "data": {"haproxy.cfg": text}})
+           "data": {CONFIG_KEY: text}})
 }
 
 /// A world whose ConfigMap holds `text` under `hash` and whose Deployment runs `deployed`.
@@ -669,7 +673,7 @@ fn published(hash: &str, text: &str, deployed: &str) -> World {
 async fn a_config_that_waits_for_its_rollout_is_not_written_yet() {
     // Rolled a moment ago for the old config, which the ConfigMap holds.
     let old = "old config\n";
-    let old_hash = lbpool_controller::render::config_hash(old);
+    let old_hash = lbpool_wire::config_hash(old);
     let mut p = pool();
     let status: lbpool_crds::LoadBalancerPoolStatus = serde_json::from_value(json!({
         "configHash": old_hash, "configRevision": "old", "readyBackends": 4,
@@ -721,7 +725,7 @@ async fn a_config_map_edited_by_hand_is_restored() {
         vec![echo(Method::PATCH, &config_map_path()), status_apply()],
     )
     .await;
-    assert_eq!(sent[0].1["data"]["haproxy.cfg"], c.text.as_str());
+    assert_eq!(sent[0].1["data"][CONFIG_KEY], c.text.as_str());
 }
 
 /// Two reconciles of one pool in one process: the second after the
@@ -764,11 +768,9 @@ async fn checks_over_an_endpoint_change(template: Option<&str>) -> usize {
         .await
         .expect("first reconcile");
     let text = expected_config().text;
-    let mut created: ConfigMap = serde_json::from_value(own_config_map(
-        &lbpool_controller::render::config_hash(&text),
-        &text,
-    ))
-    .expect("cm");
+    let mut created: ConfigMap =
+        serde_json::from_value(own_config_map(&lbpool_wire::config_hash(&text), &text))
+            .expect("cm");
     cache::slim_config_map(&mut created);
     writers
         .config_maps
@@ -786,7 +788,7 @@ async fn checks_over_an_endpoint_change(template: Option<&str>) -> usize {
     drop(ctx);
     let sent = server.await.expect("the scripted requests");
     assert!(
-        sent.iter().any(|(_, body)| body["data"]["haproxy.cfg"]
+        sent.iter().any(|(_, body)| body["data"][CONFIG_KEY]
             .as_str()
             .is_some_and(|t| t.contains("10.244.0.8"))),
         "the second config has the new server: {sent:?}"
@@ -851,12 +853,12 @@ fn in_place_pool() -> LoadBalancerPool {
 
 /// An HAProxy pod whose agent reports `served` (and maybe a refusal).
 fn agent_pod(name: &str, served: &str, rejected: Option<&str>) -> Value {
-    let mut annotations = json!({"lbpool.dev/served-hash": served});
+    let mut annotations = json!({SERVED_ANNOTATION: served});
     if let Some(r) = rejected {
-        annotations["lbpool.dev/rejected"] = json!(r);
+        annotations[REJECTED_ANNOTATION] = json!(r);
     }
     json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": "demo", "labels": {"lbpool.dev/pool": "webapp"},
+           "metadata": {"name": name, "namespace": "demo", "labels": {POOL_LABEL: "webapp"},
                         "annotations": annotations},
            "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
 }
@@ -866,9 +868,9 @@ async fn in_place_writes_the_config_map_and_leaves_the_deployment_alone() {
     let p = in_place_pool();
     let c = expected_config_of(&p);
     assert!(
-        c.text.contains(
-            "stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners"
-        ),
+        c.text.contains(&format!(
+            "stats socket {RUNTIME_API_SOCKET} mode 600 level admin expose-fd listeners"
+        )),
         "the agent's Runtime API is in the config:\n{}",
         c.text
     );
@@ -886,7 +888,7 @@ async fn in_place_writes_the_config_map_and_leaves_the_deployment_alone() {
         vec![echo(Method::PATCH, &config_map_path()), status_apply()],
     )
     .await;
-    assert_eq!(sent[0].1["data"]["haproxy.cfg"], c.text.as_str());
+    assert_eq!(sent[0].1["data"][CONFIG_KEY], c.text.as_str());
     let status = &sent[1].1;
     let ready = condition(status, "Ready");
     assert_eq!(ready["status"], "False", "{status}");

@@ -11,11 +11,11 @@ use kube::Api;
 use kube::api::ListParams;
 use kube::api::{Patch, PatchParams};
 use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
+use lbpool_wire::{CONFIG_HASH_ANNOTATION, CONFIG_KEY};
 
 use crate::{admin_client, apply_yaml, eventually, kubectl, repo};
 
 pub const WAIT: Duration = Duration::from_secs(60);
-pub const HASH: &str = "lbpool.dev/config-hash";
 
 /// Typed access to one test namespace.
 #[derive(Debug)]
@@ -57,12 +57,12 @@ impl Env {
             .metadata
             .annotations
             .unwrap_or_default()
-            .remove("lbpool.dev/config-hash")
+            .remove(CONFIG_HASH_ANNOTATION)
             .unwrap_or_default();
         let text = cm
             .data
             .unwrap_or_default()
-            .remove("haproxy.cfg")
+            .remove(CONFIG_KEY)
             .unwrap_or_default();
         Ok((hash, text))
     }
@@ -114,7 +114,11 @@ impl Env {
             .get("haproxy")
             .await
             .expect("haproxy deployment");
-        d.spec.template.metadata?.annotations?.remove(HASH)
+        d.spec
+            .template
+            .metadata?
+            .annotations?
+            .remove(CONFIG_HASH_ANNOTATION)
     }
 
     pub async fn haproxy_replica_set_hashes(&self) -> BTreeSet<String> {
@@ -125,7 +129,13 @@ impl Env {
             .expect("list replicasets");
         rs.items
             .into_iter()
-            .filter_map(|r| r.spec.template?.metadata?.annotations?.remove(HASH))
+            .filter_map(|r| {
+                r.spec
+                    .template?
+                    .metadata?
+                    .annotations?
+                    .remove(CONFIG_HASH_ANNOTATION)
+            })
             .collect()
     }
 

@@ -23,8 +23,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 
-use crate::demo::{Env, HASH};
+use crate::demo::Env;
 use crate::{apply_kustomization, eventually, http, install_crd, kubectl};
+use lbpool_wire::{CONFIG_HASH_ANNOTATION as HASH, SERVED_ANNOTATION as SERVED};
 
 /// Namespace of the shipped demo.
 pub const NS: &str = "demo";
@@ -333,9 +334,6 @@ impl Demo {
         self.haproxy().await.metadata.generation.unwrap_or_default()
     }
 }
-
-/// Annotation an InPlace agent puts on its pod: the config HAProxy serves.
-pub const SERVED: &str = "lbpool.dev/served-hash";
 
 /// One InPlace HAProxy pod, to compare before and after.
 #[derive(Clone, Debug, PartialEq)]

@@ -11,6 +11,11 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use lbpool_tests::{
     TestNamespace, apply_yaml, client_from, kubectl, repo, service_account_kubeconfig,
 };
+use lbpool_wire::{
+    CONFIG_HASH_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, POOL_CLAIM_ANNOTATION, POOL_LABEL,
+    SERVED_ANNOTATION,
+};
+use serde_json::json;
 
 /// A pod under the restricted Pod Security Standard (kwok runs it).
 fn pod(name: &str) -> String {
@@ -77,7 +82,7 @@ async fn the_agent_may_patch_only_its_own_pods_lbpool_keys() {
     let (own, unbound) = (client_from(&own).await, client_from(&unbound).await);
     let n = &ns.name;
     // The policy takes a moment to reach the API server's admission.
-    let served = r#"{"metadata":{"annotations":{"lbpool.dev/served-hash":"sha256:1"},"labels":{"lbpool.dev/pool":"web"}}}"#;
+    let served = &json!({"metadata": {"annotations": {SERVED_ANNOTATION: "sha256:1"}, "labels": {POOL_LABEL: "web"}}}).to_string();
     until_denied("the agent's policy", || {
         patch(&unbound, n, "pod/pod-a", served)
     })
@@ -167,13 +172,13 @@ async fn the_controller_may_change_only_lbpool_annotations_and_its_own_config_ma
     })
     .await;
 
-    let hash = r#"{"spec":{"template":{"metadata":{"annotations":{"lbpool.dev/config-hash":"sha256:1"}}}}}"#;
+    let hash = &json!({"spec": {"template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: "sha256:1"}}}}}).to_string();
     assert_eq!(
         patch(&controller, n, "deployment/haproxy", hash).await,
         Ok(()),
         "the hash annotation"
     );
-    let claim = r#"{"metadata":{"annotations":{"lbpool.dev/pool":"web"}}}"#;
+    let claim = &json!({"metadata": {"annotations": {POOL_CLAIM_ANNOTATION: "web"}}}).to_string();
     assert_eq!(
         patch(&controller, n, "deployment/haproxy", claim).await,
         Ok(()),
@@ -243,8 +248,12 @@ async fn the_controller_may_change_only_lbpool_annotations_and_its_own_config_ma
             &controller,
             n,
             "configmap/users",
-            r#"{"metadata":{"labels":{"app.kubernetes.io/managed-by":"lbpool-controller"},"ownerReferences":[{"apiVersion":"lbpool.dev/v1alpha1","kind":"LoadBalancerPool","name":"p","uid":"00000000-0000-0000-0000-000000000001","controller":true}]}}"#,
-        ).await,
+            &json!({"metadata": {"labels": {MANAGED_BY_LABEL: FIELD_MANAGER}, "ownerReferences": [{
+                "apiVersion": "lbpool.dev/v1alpha1", "kind": "LoadBalancerPool", "name": "p",
+                "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]}})
+            .to_string(),
+        )
+        .await,
         config_maps,
         "taking over a user's ConfigMap by giving it lbpool's marks",
     );

@@ -33,7 +33,7 @@ async fn published(env: &Env) -> String {
         .expect("ConfigMap");
     cm.data
         .unwrap_or_default()
-        .remove("haproxy.cfg")
+        .remove(lbpool_wire::CONFIG_KEY)
         .unwrap_or_default()
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use kube::api::{Patch, PatchParams};
 use lbpool_tests::e2e::{HaproxyPod, Load, demo_in_place, patch_pool, serial};
 use lbpool_tests::{eventually, http};
+use lbpool_wire::{CONFIG_HASH_ANNOTATION, CONFIG_KEY};
 
 /// Each pod's name, UID and restart count: the same means not replaced
 /// and not restarted.
@@ -182,10 +183,10 @@ async fn e2e_in_place_a_config_edited_by_hand_is_applied_by_no_agent() {
     let text = demo.env.config_text().await.expect("the published config");
     let hostile =
         format!("{text}\nprogram evil\n    command /bin/sh -c 'touch /tmp/lbpool-pwned'\n");
-    let hostile_hash = lbpool_controller::render::config_hash(&hostile);
+    let hostile_hash = lbpool_wire::config_hash(&hostile);
     let edit = serde_json::json!({
-        "metadata": {"annotations": {"lbpool.dev/config-hash": hostile_hash}},
-        "data": {"haproxy.cfg": hostile},
+        "metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hostile_hash}},
+        "data": {CONFIG_KEY: hostile},
     });
     demo.env
         .config_maps

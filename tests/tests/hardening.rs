@@ -61,7 +61,7 @@ async fn condition(env: &Env, pool: &str, type_: &str) -> Option<(String, String
 
 async fn config_text(env: &Env, name: &str) -> Option<String> {
     let cm = env.config_maps.get_opt(name).await.ok()??;
-    cm.data?.remove("haproxy.cfg")
+    cm.data?.remove(lbpool_wire::CONFIG_KEY)
 }
 
 /// `<type> <reason> <series count>` per Event of `ns`; a repeated Event is

@@ -43,8 +43,17 @@ async fn deleting_pools_and_their_namespace_is_quiet() {
     let env = Env::new(&n).await;
     env.converged(2).await;
     eventually("every pool published", WAIT, || async {
-        let cms = kubectl(&["get", "cm", "-n", &n, "-l", "lbpool.dev/pool", "-o", "name"])
-            .map_err(|e| e.to_string())?;
+        let cms = kubectl(&[
+            "get",
+            "cm",
+            "-n",
+            &n,
+            "-l",
+            lbpool_wire::POOL_LABEL,
+            "-o",
+            "name",
+        ])
+        .map_err(|e| e.to_string())?;
         (cms.lines().count() == 4).then_some(()).ok_or(cms)
     })
     .await;

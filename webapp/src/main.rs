@@ -147,24 +147,9 @@ fn host_name() -> String {
         .unwrap_or_else(|| "webapp".into())
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_target(false).init();
+    lbpool_process::init_logging(lbpool_process::LogFormat::Text, "info");
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
@@ -183,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         .with_state(app.clone());
     tracing::info!(listen = %local, name = %app.name, "webapp serving");
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(lbpool_process::termination())
         .await?;
     tracing::info!("webapp stopped");
     Ok(())

@@ -22,17 +22,15 @@ struct Args {
     /// The haproxy binary that checks each config (`haproxy -c`).
     #[arg(long, env = "LBPOOL_HAPROXY_BIN", default_value = "haproxy")]
     haproxy_bin: PathBuf,
+    /// Log format.
+    #[arg(long, env = "LBPOOL_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: lbpool_process::LogFormat,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    lbpool_process::init_logging(args.log_format, "info");
     let validator = lbpool_checker::HaproxyValidator::new(&args.haproxy_bin);
     let version = validator.version().await.context("haproxy -v")?;
     // A socket left by an earlier run of this container is replaced.
@@ -42,16 +40,6 @@ async fn main() -> anyhow::Result<()> {
     info!(socket = %args.socket.display(), %version, "lbpool-checker serving");
     tokio::select! {
         () = lbpool_checker::service::serve(listener, validator) => Ok(()),
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        () = terminated() => Ok(()),
-    }
-}
-
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
+        () = lbpool_process::termination() => Ok(()),
     }
 }

@@ -34,6 +34,7 @@ use lbpool_crds::LoadBalancerPool;
 use lbpool_tests::{
     ControllerProcess, admin_client, free_local_addr, metric, percentile, scratch_dir,
 };
+use lbpool_wire::{CONFIG_KEY, POOL_LABEL};
 use serde_json::json;
 
 fn arg(name: &str) -> Option<String> {
@@ -145,7 +146,7 @@ fn watch(o: &Objects, seen: Arc<Mutex<Seen>>) {
     });
     let cms = watcher(
         o.config_maps.clone(),
-        watcher::Config::default().labels("lbpool.dev/pool"),
+        watcher::Config::default().labels(POOL_LABEL),
     );
     tokio::spawn(async move {
         let mut events = std::pin::pin!(cms);
@@ -159,7 +160,7 @@ fn watch(o: &Objects, seen: Arc<Mutex<Seen>>) {
             let text = cm
                 .data
                 .unwrap_or_default()
-                .remove("haproxy.cfg")
+                .remove(CONFIG_KEY)
                 .unwrap_or_default();
             seen.lock().expect("seen").configs.insert(name, text);
         }
