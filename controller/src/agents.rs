@@ -17,11 +17,11 @@ use lbpool_crds::HaproxyStatus;
 
 use lbpool_wire::{POOL_LABEL, REJECTED_ANNOTATION, Rejection, SERVED_ANNOTATION, revision};
 
-use crate::desired::Served;
+use crate::desired::served::Served;
 
 /// One agent's pod, as far as the status is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Report<'a> {
+pub struct AgentReport<'a> {
     pub pod: &'a str,
     pub ready: bool,
     pub deleting: bool,
@@ -30,7 +30,7 @@ pub struct Report<'a> {
     pub rejected: Option<Rejection<'a>>,
 }
 
-impl<'a> Report<'a> {
+impl<'a> AgentReport<'a> {
     pub fn of(pod: &'a Pod) -> Self {
         let annotation = |key| {
             pod.metadata
@@ -89,9 +89,9 @@ pub fn slim_pod(pod: &mut Pod) {
 /// The agents' view of a pool wanting config `wanted`, served by
 /// `deployment`: `complete` once the Deployment has all its pods ready and
 /// every live, ready pod serves `wanted`.
-pub fn in_place(deployment: &Deployment, reports: &[Report<'_>], wanted: &str) -> Served {
+pub fn in_place(deployment: &Deployment, reports: &[AgentReport<'_>], wanted: &str) -> Served {
     let want = deployment.spec.replicas.unwrap_or(1);
-    let live: Vec<&Report<'_>> = reports.iter().filter(|r| !r.deleting).collect();
+    let live: Vec<&AgentReport<'_>> = reports.iter().filter(|r| !r.deleting).collect();
     let ready = live.iter().filter(|r| r.ready).count();
     let serving = live
         .iter()
@@ -147,8 +147,8 @@ mod tests {
         }
     }
 
-    fn report<'a>(pod: &'a str, ready: bool, served: Option<&'a str>) -> Report<'a> {
-        Report {
+    fn report<'a>(pod: &'a str, ready: bool, served: Option<&'a str>) -> AgentReport<'a> {
+        AgentReport {
             pod,
             ready,
             deleting: false,
@@ -232,7 +232,7 @@ mod tests {
             ]},
         }))
         .expect("pod");
-        let before = Report::of(&pod);
+        let before = AgentReport::of(&pod);
         let before = (
             before.ready,
             before.deleting,
@@ -242,7 +242,7 @@ mod tests {
                 .map(|r| (r.hash.to_owned(), r.message.into_owned())),
         );
         slim_pod(&mut pod);
-        let after = Report::of(&pod);
+        let after = AgentReport::of(&pod);
         assert_eq!(
             before,
             (

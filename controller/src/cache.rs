@@ -47,7 +47,7 @@ use lbpool_wire::{
     CONFIG_HASH_ANNOTATION, CONFIG_KEY, POOL_CLAIM_ANNOTATION, POOL_LABEL, config_hash,
 };
 
-use crate::desired::published_hash;
+use crate::desired::config_map::published_hash;
 
 /// Label of EndpointSlices naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -552,9 +552,9 @@ mod tests {
                        "conditions": [{"type": "Available", "status": "True"}]}
         }))
         .expect("deployment");
-        let before = crate::desired::served(&d);
+        let before = crate::desired::served::served(&d);
         slim_deployment(&mut d);
-        assert_eq!(crate::desired::served(&d), before);
+        assert_eq!(crate::desired::served::served(&d), before);
         assert_eq!(
             d.metadata.annotations,
             Some(BTreeMap::from([(

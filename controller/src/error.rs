@@ -22,11 +22,11 @@ pub enum Error {
 }
 
 /// Attaches what the controller was doing to a kube error.
-pub(crate) trait Context<T> {
+pub(crate) trait During<T> {
     fn during(self, action: impl FnOnce() -> String) -> Result<T, Error>;
 }
 
-impl<T> Context<T> for Result<T, kube::Error> {
+impl<T> During<T> for Result<T, kube::Error> {
     fn during(self, action: impl FnOnce() -> String) -> Result<T, Error> {
         self.map_err(|source| Error::Kube {
             action: action(),

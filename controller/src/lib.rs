@@ -2,12 +2,15 @@
 //! the ready endpoints of a Service.
 //!
 //! Pure modules turn data into data: [`model`] (pool + EndpointSlices →
-//! backend model), [`render`] (model → haproxy.cfg + hash), [`desired`] (what
-//! to write), [`strategy`] (how a config reaches HAProxy), [`agents`] (what
-//! `InPlace` agents report) and [`conditions`]. Every config passes
-//! `lbpool_checker` (the allowlist, then `haproxy -c`). [`reconcile`] is
-//! the only module that calls the API; [`run`] wires the watches, the admin
-//! server and shutdown.
+//! backend model), [`render`] (model → haproxy.cfg + hash), [`desired`] (the
+//! objects to write and the status), [`strategy`] (how a config reaches
+//! HAProxy), [`agents`] (what `InPlace` agents report), [`conditions`],
+//! [`triggers`] (which watch events start a reconcile, and of which pools)
+//! and [`plan`] (one reconcile's decisions). Every config passes
+//! `lbpool_checker` (the allowlist, then `haproxy -c`). [`reconcile`]
+//! reads, plans and writes; [`memory`] is what it remembers of each pool;
+//! [`cache`] holds the watched objects; [`leader`] holds the Lease; [`run`]
+//! wires the watches, the admin server and shutdown.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -18,8 +21,10 @@ pub mod conditions;
 pub mod desired;
 pub mod error;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod reconcile;
 pub mod render;
 pub mod run;

@@ -1,15 +1,17 @@
-//! I/O: the only module that calls the Kubernetes API.
+//! I/O: one reconcile of one pool, in three parts: read, plan, write.
 //!
-//! One reconcile of one pool: look up the Service, its EndpointSlices, the
-//! ConfigMap and the Deployment in the watch caches ([`crate::cache`]), and
-//! read a user template; build, render and validate (pure, plus `haproxy
-//! -c` where a check can fail); write the ConfigMap and patch the
-//! Deployment's pod-template annotation when the hash changed and the
-//! rollout interval allows; apply the status when it changed. A pool that
-//! cannot be served keeps its last good ConfigMap and says why in its
-//! status.
+//! [`read`] looks up the Service, its EndpointSlices, the ConfigMap, the
+//! Deployment and the agents' pods in the watch caches
+//! ([`crate::cache`]), reads a user template, and builds, renders and
+//! checks the config (the allowlist, then `haproxy -c` where a check can
+//! fail) into a [`plan::Input`]. [`plan::plan`] (pure) decides what to
+//! write; [`write`] carries it out: the ConfigMap, the Deployment's
+//! pod-template annotation, the Events, then the status, each only when
+//! it differs. A pool that cannot be served keeps its last good ConfigMap
+//! and says why in its status. The leader Lease ([`crate::leader`]) is the
+//! only other writer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,29 +24,28 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
+use lbpool_checker::{ValidationError, Validator};
 use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
+use lbpool_wire::FIELD_MANAGER;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::agents;
 use crate::cache::Caches;
 use crate::conditions::reason;
-use crate::desired::{self, DeploymentState};
-use crate::error::{Context as _, Error};
-use crate::metrics::{Metrics, UpdateKind};
+use crate::desired::rollout::{self, whole_second_before};
+use crate::desired::served::{Served, served};
+use crate::desired::{config_map, deployment, status};
+use crate::error::{During as _, Error};
+use crate::memory::{Memories, Verdict};
+use crate::metrics::Metrics;
 use crate::model::{self, InvalidPool, Model};
+use crate::plan::{self, INVALID_RETRY, Input, Plan};
 use crate::render::{RenderedConfig, Renderer, Template};
-use crate::strategy::{ConfigMapNow, ConfigMapWrite, Found, Strategy};
-use lbpool_checker::{ValidationError, Validator};
-use lbpool_wire::FIELD_MANAGER as MANAGER;
+use crate::strategy::{ConfigMapWrite, Strategy};
 
-/// How often an invalid pool is looked at again even without a change (a
-/// safety net: the inputs that can make it valid are all watched).
-const INVALID_RETRY: Duration = Duration::from_secs(15);
 /// How long a user template may take to render.
 const RENDER_TIMEOUT: Duration = Duration::from_secs(2);
-/// A safety net: every pool is reconciled at least this often.
-const RESYNC: Duration = Duration::from_secs(600);
 /// Events sent at once, at most: each may hold a connection to the API
 /// server, and a burst of invalid pools must not open one per pool.
 const EVENTS_IN_FLIGHT: usize = 8;
@@ -63,6 +64,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// What a reconcile reads instead of the API.
     pub caches: Caches,
+    /// What this process remembers of each pool.
+    pub memory: Memories,
     /// Bounds the Events in flight ([`EVENTS_IN_FLIGHT`]).
     events: Arc<tokio::sync::Semaphore>,
     /// Hashes of the skeletons `haproxy -c` accepted (built-in template;
@@ -70,19 +73,6 @@ pub struct Context {
     /// it reaches [`SKELETONS_KEPT`], so memory does not follow how many
     /// settings were ever seen.
     skeletons: Mutex<HashSet<String>>,
-    /// Per pool with a user template, the hash of the last config `haproxy
-    /// -c` accepted: an unchanged one is not checked again.
-    validated: Mutex<HashMap<String, String>>,
-    /// Consecutive failures per pool, for backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// When this process last rolled each pool, exactly (the status stores
-    /// it rounded up to the second). The pool in the watch cache can lag
-    /// behind the status this process just wrote; the rate limit must not
-    /// (the later of the two counts).
-    rollouts: Mutex<HashMap<String, Timestamp>>,
-    /// What this process last said about each pool, for the same reason: a
-    /// stale cached status must not repeat an Event or a log line.
-    reported: Mutex<HashMap<String, Report>>,
 }
 
 impl Context {
@@ -100,12 +90,9 @@ impl Context {
             reporter,
             metrics,
             caches,
+            memory: Memories::default(),
             events: Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT)),
             skeletons: Mutex::default(),
-            validated: Mutex::default(),
-            failures: Mutex::default(),
-            rollouts: Mutex::default(),
-            reported: Mutex::default(),
         }
     }
 
@@ -116,43 +103,16 @@ impl Context {
             .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
 
-    /// Drops what this process remembers of a pool that is gone (`ns/name`),
-    /// so memory follows the number of pools, not how many ever existed.
-    pub fn forget(&self, pool_key: &str) {
-        lock(&self.validated).remove(pool_key);
-        lock(&self.failures).remove(pool_key);
-        lock(&self.rollouts).remove(pool_key);
-        lock(&self.reported).remove(pool_key);
+    /// Drops what this process remembers of a pool that is gone.
+    pub fn forget(&self, pool: &ObjectRef<LoadBalancerPool>) {
+        self.memory.forget(pool);
         self.count_remembered();
     }
 
-    /// How many pools this process remembers something of (the largest of
-    /// its per-pool maps; 0 when it remembers nothing).
-    fn remembered(&self) -> usize {
-        [
-            lock(&self.validated).len(),
-            lock(&self.failures).len(),
-            lock(&self.rollouts).len(),
-            lock(&self.reported).len(),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or_default()
-    }
-
     fn count_remembered(&self) {
-        let n = i64::try_from(self.remembered()).unwrap_or(i64::MAX);
+        let n = i64::try_from(self.memory.len()).unwrap_or(i64::MAX);
         self.metrics.remembered_pools.set(n);
     }
-}
-
-/// The last word on a pool's validity.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Report {
-    /// Invalid, with this reason and message.
-    Invalid(&'static str, String),
-    /// Valid again, or valid since this process first saw it.
-    Valid,
 }
 
 impl std::fmt::Debug for Context {
@@ -164,13 +124,17 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// How log lines name a pool: `namespace/name`.
 fn key(pool: &LoadBalancerPool) -> String {
-    pool_key(&pool.namespace().unwrap_or_default(), &pool.name_any())
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
 }
 
-/// How the per-pool memories name a pool: `namespace/name`.
-pub fn pool_key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+fn pool_ref(pool: &LoadBalancerPool) -> ObjectRef<LoadBalancerPool> {
+    ObjectRef::from_obj(pool)
 }
 
 /// Reconciles one pool; see the module docs.
@@ -181,7 +145,7 @@ pub async fn reconcile(pool: Arc<LoadBalancerPool>, ctx: Arc<Context>) -> Result
         // the end of the pool, like its own deletion.
         Err(e) if e.namespace_terminating() => {
             debug!(pool = %key(&pool), "namespace is being deleted");
-            ctx.forget(&key(&pool));
+            ctx.forget(&pool_ref(&pool));
             Ok(Action::await_change())
         }
         other => other,
@@ -189,7 +153,7 @@ pub async fn reconcile(pool: Arc<LoadBalancerPool>, ctx: Arc<Context>) -> Result
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::reason));
     if result.is_ok() {
-        lock(&ctx.failures).remove(&key(&pool));
+        ctx.memory.update(&pool_ref(&pool), |m| m.failures = 0);
     }
     ctx.count_remembered();
     result
@@ -197,12 +161,10 @@ pub async fn reconcile(pool: Arc<LoadBalancerPool>, ctx: Arc<Context>) -> Result
 
 /// Requeues a failed pool with exponential backoff: 0.5 s, 1 s, 2 s … 5 min.
 pub fn error_policy(pool: Arc<LoadBalancerPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempt = {
-        let mut failures = lock(&ctx.failures);
-        let n = failures.entry(key(&pool)).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
+    let attempt = ctx.memory.update(&pool_ref(&pool), |m| {
+        m.failures = m.failures.saturating_add(1);
+        m.failures
+    });
     let delay = backoff(attempt);
     warn!(pool = %key(&pool), attempt, retry_in = ?delay, error = %error_chain(error), "reconcile failed");
     Action::requeue(delay)
@@ -222,40 +184,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// `t` without its fraction of a second. The API server stores times in
-/// whole seconds; a time this process keeps must compare equal to the one
-/// it reads back, or every reconcile would see a status to write.
-fn whole_second_before(t: Timestamp) -> Timestamp {
-    let second = t.as_second() - i64::from(t.subsec_nanosecond() < 0);
-    Timestamp::from_second(second).unwrap_or(t)
-}
-
-/// The latest rollout: the later of the one this process remembers (exact)
-/// and the one the status records (rounded up to the second). When the
-/// status holds this process's own rollout, the exact time counts, or a
-/// short `rollout.minInterval` would wait for the next whole second.
-fn last_rollout(remembered: Option<Timestamp>, recorded: Option<Timestamp>) -> Option<Timestamp> {
-    match (remembered, recorded) {
-        (Some(exact), Some(stored)) if whole_second_after(exact) >= stored => Some(exact),
-        (remembered, recorded) => remembered.max(recorded),
-    }
-}
-
-/// The first whole second at or after `t`.
-fn whole_second_after(t: Timestamp) -> Timestamp {
-    let floor = whole_second_before(t);
-    if floor == t {
-        t
-    } else {
-        Timestamp::from_second(floor.as_second() + 1).unwrap_or(t)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these maps leaves it usable: it is a cache.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why a reconcile stopped before publishing.
@@ -308,12 +236,12 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
         // The ConfigMap is garbage-collected through its ownerReference.
         // Nothing is written into a namespace being deleted: its objects
         // go away in any order, and a missing Service then is no news.
-        ctx.forget(&key(pool));
+        ctx.forget(&pool_ref(pool));
         return Ok(Action::await_change());
     }
     let apis = Apis::new(&ctx.client, &ns);
-    match prepare(pool, ctx, &apis).await {
-        Ok(prepared) => publish(pool, ctx, &apis, prepared).await,
+    match read(pool, ctx, &apis).await {
+        Ok(input) => write(pool, ctx, &apis, input).await,
         Err(Halt::Invalid(invalid)) => {
             report_invalid(pool, ctx, &apis, &invalid).await?;
             // What costs a render's whole budget is tried again only when
@@ -327,36 +255,51 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
     }
 }
 
-/// The pool's ConfigMap, as the caches know it.
-enum Cached {
-    /// No ConfigMap of that name: it is created.
-    Missing,
-    /// This pool's, as cached (no data; see [`crate::cache::slim_config_map`]).
-    Generated(Arc<ConfigMap>),
-    /// This pool's by its ownerReference, but not among the generated
-    /// ConfigMaps (its label was removed): it is applied again.
-    Unlabelled,
+/// Everything the plan needs: inputs looked up, model built, config
+/// rendered and checked, the ConfigMap and the Deployment claimed.
+async fn read(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<Input, Halt> {
+    let min_interval = model::min_rollout_interval(&pool.spec)?;
+    let model = model_of(pool, &ctx.caches, &apis.ns)?;
+    let user_template = user_template(pool, apis).await?;
+    let template = match &user_template {
+        None => Template::BuiltIn,
+        Some((source, origin)) => Template::User { source, origin },
+    };
+    let config = match template {
+        Template::BuiltIn => ctx.renderer.render(template, &model)?,
+        Template::User { source, origin } => render_user(source, origin, &model).await?,
+    };
+    validate(ctx, pool, template, &model, &config).await?;
+    // Last of the checks, right before the write: are the ConfigMap and
+    // the Deployment this pool's?
+    let (config_map, config_map_unlabelled) = claim_config_map(pool, &ctx.caches, &apis.ns)?;
+    let deployment = claim_deployment(pool, &ctx.caches, &apis.ns)?;
+    let strategy = Strategy::from(pool.spec.reload.strategy);
+    let memory = ctx.memory.of(&pool_ref(pool));
+    let recorded = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.last_rollout_time.as_ref())
+        .map(|t| t.0);
+    Ok(Input {
+        served: served_now(ctx, pool, strategy, deployment.as_deref(), &config.hash),
+        model,
+        config,
+        min_interval,
+        strategy,
+        config_map,
+        config_map_unlabelled,
+        deployment,
+        last_rollout: rollout::last_rollout(memory.rolled, recorded),
+        verdict: memory.verdict,
+        now: Timestamp::now(),
+    })
 }
 
-/// A config ready to publish.
-struct Prepared {
-    model: Model,
-    config: RenderedConfig,
-    min_interval: Duration,
-    config_map: Cached,
-    strategy: Strategy,
-    /// The HAProxy Deployment, if it exists (not claimed by another pool).
-    deployment: Option<Arc<Deployment>>,
-}
-
-/// Steps 1-4 of the flow: inputs looked up, model built, config rendered and validated.
-async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<Prepared, Halt> {
+/// The backend model: the pool's Service, its port and its EndpointSlices.
+fn model_of(pool: &LoadBalancerPool, caches: &Caches, ns: &str) -> Result<Model, InvalidPool> {
     let spec = &pool.spec;
-    let ns = &apis.ns;
-    let caches = &ctx.caches;
     let svc = &spec.backend.service;
-    let min_interval = model::min_rollout_interval(spec)?;
-
     let service = caches
         .services
         .get(&ObjectRef::new(svc).within(ns))
@@ -368,93 +311,117 @@ async fn prepare(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<
         })?;
     let port = model::resolve_port(spec, &service)?;
     let slices = caches.slices.of_service(ns, svc);
-    let model = model::build(pool, &port, &slices)?;
+    model::build(pool, &port, &slices)
+}
 
-    let user_template = match &spec.template {
-        None => None,
-        Some(t) => {
-            let cm = apis
-                .config_maps
-                .get_opt(&t.config_map)
-                .await
-                .during(|| format!("get template ConfigMap {ns}/{}", t.config_map))?
-                .ok_or_else(|| {
-                    InvalidPool::new(
-                        reason::TEMPLATE_NOT_FOUND,
-                        format!(
-                            "spec.template.configMap: ConfigMap {ns}/{} not found",
-                            t.config_map
-                        ),
-                    )
-                })?;
-            let data = cm.data.unwrap_or_default();
-            let source = data.get(&t.key).cloned().ok_or_else(|| {
-                let keys: Vec<&str> = data.keys().map(String::as_str).collect();
-                InvalidPool::new(
-                    reason::TEMPLATE_NOT_FOUND,
-                    format!(
-                        "spec.template.key: ConfigMap {ns}/{} has no key {:?} (it has: {})",
-                        t.config_map,
-                        t.key,
-                        keys.join(", ")
-                    ),
-                )
-            })?;
-            Some((source, format!("{}/{}", t.config_map, t.key)))
+/// The pool's template and where it comes from (`configmap/key`), if it
+/// names one: read from the API, not cached (template ConfigMaps are
+/// watched by name only, [`crate::cache::slim_names`]).
+async fn user_template(
+    pool: &LoadBalancerPool,
+    apis: &Apis,
+) -> Result<Option<(String, String)>, Halt> {
+    let Some(t) = &pool.spec.template else {
+        return Ok(None);
+    };
+    let ns = &apis.ns;
+    let cm = apis
+        .config_maps
+        .get_opt(&t.config_map)
+        .await
+        .during(|| format!("get template ConfigMap {ns}/{}", t.config_map))?
+        .ok_or_else(|| {
+            InvalidPool::new(
+                reason::TEMPLATE_NOT_FOUND,
+                format!(
+                    "spec.template.configMap: ConfigMap {ns}/{} not found",
+                    t.config_map
+                ),
+            )
+        })?;
+    let mut data = cm.data.unwrap_or_default();
+    let source = data.remove(&t.key).ok_or_else(|| {
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        InvalidPool::new(
+            reason::TEMPLATE_NOT_FOUND,
+            format!(
+                "spec.template.key: ConfigMap {ns}/{} has no key {:?} (it has: {})",
+                t.config_map,
+                t.key,
+                keys.join(", ")
+            ),
+        )
+    })?;
+    Ok(Some((source, format!("{}/{}", t.config_map, t.key))))
+}
+
+/// The pool's generated ConfigMap as cached, and whether one of that name
+/// exists outside the generated ones; an error if it is not this pool's.
+/// The generated ConfigMaps first: they see lbpool's own writes as soon as
+/// any watch does; then every ConfigMap's name and owners.
+fn claim_config_map(
+    pool: &LoadBalancerPool,
+    caches: &Caches,
+    ns: &str,
+) -> Result<(Option<Arc<ConfigMap>>, bool), InvalidPool> {
+    let name = pool.config_map_name();
+    if let Some(cached) = caches.config_maps.get(&ObjectRef::new(&name).within(ns)) {
+        config_map::claim(pool, Some(&cached.metadata))?;
+        return Ok((Some(cached), false));
+    }
+    match caches
+        .config_map_names
+        .get(&ObjectRef::new(&name).within(ns))
+    {
+        Some(other) => {
+            config_map::claim(pool, Some(&other.metadata))?;
+            Ok((None, true))
         }
-    };
-    let template = match &user_template {
-        None => Template::BuiltIn,
-        Some((source, origin)) => Template::User { source, origin },
-    };
-    let config = match &user_template {
-        None => ctx.renderer.render(template, &model)?,
-        Some((source, origin)) => render_user(source, origin, &model).await?,
-    };
+        None => Ok((None, false)),
+    }
+}
 
-    validate(ctx, &key(pool), template, &model, &config).await?;
-
-    // Last of the checks, right before the write: are the ConfigMap and
-    // the Deployment this pool's?
-    // The generated ConfigMaps first: they see lbpool's own writes as soon
-    // as any watch does; then every ConfigMap's name and owners.
-    let cm_name = pool.config_map_name();
-    let config_map = match caches.config_maps.get(&ObjectRef::new(&cm_name).within(ns)) {
-        Some(cached) => {
-            desired::config_map_claim(pool, Some(&cached.metadata))?;
-            Cached::Generated(cached)
-        }
-        None => match caches
-            .config_map_names
-            .get(&ObjectRef::new(&cm_name).within(ns))
-        {
-            Some(other) => {
-                desired::config_map_claim(pool, Some(&other.metadata))?;
-                Cached::Unlabelled
-            }
-            None => Cached::Missing,
-        },
-    };
-    let deployment = caches
+/// The HAProxy Deployment, if it exists; an error if another pool rolls it
+/// or it does not take the stats credentials from the pool's Secret.
+fn claim_deployment(
+    pool: &LoadBalancerPool,
+    caches: &Caches,
+    ns: &str,
+) -> Result<Option<Arc<Deployment>>, InvalidPool> {
+    let Some(d) = caches
         .deployments
-        .get(&ObjectRef::new(&spec.haproxy.deployment).within(ns));
-    if let Some(d) = &deployment
-        && let desired::DeploymentClaim::Pool(other) = desired::deployment_claim(pool, d)
+        .get(&ObjectRef::new(&pool.spec.haproxy.deployment).within(ns))
+    else {
+        return Ok(None);
+    };
+    if let deployment::DeploymentClaim::Pool(other) = deployment::claim(pool, &d)
         // A claim of a pool deleted since is void: the Deployment is free.
         && caches.pools.get(&ObjectRef::new(&other).within(ns)).is_some()
     {
-        return Err(desired::deployment_conflict(pool, &other).into());
+        return Err(deployment::conflict(pool, &other));
     }
-    if let Some(d) = &deployment {
-        desired::stats_secret_used(pool, d)?;
-    }
-    Ok(Prepared {
-        model,
-        config,
-        min_interval,
-        config_map,
-        strategy: Strategy::from(spec.reload.strategy),
-        deployment,
+    deployment::stats_secret_used(pool, &d)?;
+    Ok(Some(d))
+}
+
+/// What HAProxy serves now: the Deployment's rollout, or `InPlace`, what
+/// the agents report.
+fn served_now(
+    ctx: &Context,
+    pool: &LoadBalancerPool,
+    strategy: Strategy,
+    deployment: Option<&Deployment>,
+    wanted: &str,
+) -> Option<Served> {
+    let d = deployment?;
+    Some(match strategy {
+        Strategy::RollingUpdate => served(d),
+        Strategy::InPlace => {
+            let ns = pool.namespace().unwrap_or_default();
+            let pods = ctx.caches.agents_of(&ns, &pool.name_any());
+            let reports: Vec<_> = pods.iter().map(|p| agents::AgentReport::of(p)).collect();
+            agents::in_place(d, &reports, wanted)
+        }
     })
 }
 
@@ -490,7 +457,7 @@ async fn render_user(source: &str, origin: &str, model: &Model) -> Result<Render
 /// checked whenever it changes.
 async fn validate(
     ctx: &Context,
-    pool_key: &str,
+    pool: &LoadBalancerPool,
     template: Template<'_>,
     model: &Model,
     config: &RenderedConfig,
@@ -505,7 +472,7 @@ async fn validate(
             &skeleton
         }
         Template::User { .. } => {
-            if lock(&ctx.validated).get(pool_key) == Some(&config.hash) {
+            if ctx.memory.of(&pool_ref(pool)).validated.as_ref() == Some(&config.hash) {
                 return Ok(());
             }
             config
@@ -518,18 +485,7 @@ async fn validate(
     };
     match verdict {
         Ok(()) => {
-            match template {
-                Template::BuiltIn => {
-                    let mut accepted = lock(&ctx.skeletons);
-                    if accepted.len() >= SKELETONS_KEPT {
-                        accepted.clear();
-                    }
-                    accepted.insert(checked.hash.clone());
-                }
-                Template::User { .. } => {
-                    lock(&ctx.validated).insert(pool_key.to_owned(), checked.hash.clone());
-                }
-            }
+            remember_accepted(ctx, pool, template, &checked.hash);
             Ok(())
         }
         Err(ValidationError::Refused(refusal)) => Err(InvalidPool::new(
@@ -549,188 +505,143 @@ async fn validate(
     }
 }
 
-/// Steps 5-7: what the reload strategy asks for (the ConfigMap, the
-/// Deployment annotation), then the status.
-///
-/// The ConfigMap always holds the config the Deployment's annotation names:
-/// a config that waits for `rollout.minInterval` is not written until its
-/// rollout, so an HAProxy pod that restarts meanwhile loads the config its
-/// ReplicaSet was rolled for. Nothing is sent when nothing differs.
-async fn publish(
+/// Remembers a checked config as accepted: a skeleton for every pool, a
+/// user template's config for its pool.
+fn remember_accepted(ctx: &Context, pool: &LoadBalancerPool, template: Template<'_>, hash: &str) {
+    match template {
+        Template::BuiltIn => {
+            let mut accepted = lock(&ctx.skeletons);
+            if accepted.len() >= SKELETONS_KEPT {
+                accepted.clear();
+            }
+            accepted.insert(hash.to_owned());
+        }
+        Template::User { .. } => {
+            ctx.memory
+                .update(&pool_ref(pool), |m| m.validated = Some(hash.to_owned()));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the set leaves it usable: it is a cache.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Carries out the plan for a valid pool: the ConfigMap, the rollout, what
+/// is remembered, the Events, the status.
+async fn write(
     pool: &LoadBalancerPool,
     ctx: &Context,
     apis: &Apis,
-    p: Prepared,
+    input: Input,
 ) -> Result<Action, Error> {
-    let ns = &apis.ns;
-    let apply = PatchParams::apply(MANAGER).force();
-    let now = Timestamp::now();
-    // The time a rollout is recorded with, at the precision the API stores
-    // (rounded up: the rate limit may wait a little longer, never less).
-    let rolled_at = whole_second_after(now);
-    let deployment_name = &pool.spec.haproxy.deployment;
-    let pool_key = key(pool);
-    let recorded = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.last_rollout_time.as_ref())
-        .map(|t| t.0);
-    let last_rollout = last_rollout(lock(&ctx.rollouts).get(&pool_key).copied(), recorded);
-    let wanted = desired::config_map(pool, &p.config);
-    let step = p.strategy.step(&Found {
-        config_map: match &p.config_map {
-            Cached::Missing => ConfigMapNow::Missing,
-            Cached::Generated(existing) if desired::config_map_current(existing, &wanted) => {
-                ConfigMapNow::Current
-            }
-            Cached::Generated(_) | Cached::Unlabelled => ConfigMapNow::Stale,
-        },
-        deployed: p.deployment.as_deref().map(desired::deployed_hash),
-        wanted: &p.config.hash,
-        last_rollout,
-        now,
-        stamp: rolled_at,
-        min_interval: p.min_interval,
+    let plan = plan::plan(pool, &input);
+    if write_config_map(pool, apis, &plan).await? == Written::CacheBehind {
+        return Ok(Action::requeue(CACHE_BEHIND_RETRY));
+    }
+    let served = match roll(pool, ctx, apis, &plan).await? {
+        Some(patched) => Some(patched),
+        None => input.served.clone(),
+    };
+    let changed_at = plan.deployment.changed_at();
+    ctx.memory.update(&pool_ref(pool), |m| {
+        if changed_at.is_some() {
+            m.rolled = Some(input.now);
+        }
+        m.verdict = Some(Verdict::Valid);
     });
-    let cm_name = pool.config_map_name();
-    match step.config_map {
+    if changed_at.is_some() && !plan.rolls() {
+        info!(pool = %key(pool), config_map = %pool.config_map_name(), config = input.config.revision(), backends = input.model.servers.len(), "config published to the agents");
+    }
+    ctx.metrics.update(plan.update);
+    if let Some(note) = &plan.valid_again {
+        let ev = event(EventType::Normal, "ConfigValid", "Render", note.clone());
+        publish_event(ctx, pool, ev);
+    }
+    if let Some(status) = plan::status(pool, &input, &plan, served.as_ref()) {
+        write_status(pool, apis, status).await?;
+    }
+    Ok(Action::requeue(plan.requeue))
+}
+
+/// What became of the ConfigMap write.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Done,
+    /// It was to be created, and exists: the cache is behind.
+    CacheBehind,
+}
+
+async fn write_config_map(
+    pool: &LoadBalancerPool,
+    apis: &Apis,
+    plan: &Plan,
+) -> Result<Written, Error> {
+    let (ns, name) = (&apis.ns, pool.config_map_name());
+    match plan.config_map_write {
         ConfigMapWrite::Keep => {}
         ConfigMapWrite::Create => {
-            let created = apis
-                .config_maps
-                .create(
-                    &PostParams {
-                        field_manager: Some(MANAGER.to_owned()),
-                        ..PostParams::default()
-                    },
-                    &wanted,
-                )
-                .await;
-            match created {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            match apis.config_maps.create(&params, &plan.config_map).await {
                 Err(kube::Error::Api(e)) if e.code == 409 => {
-                    debug!(pool = %pool_key, config_map = %cm_name, "ConfigMap exists, the cache is behind; looking again");
-                    return Ok(Action::requeue(CACHE_BEHIND_RETRY));
+                    debug!(pool = %key(pool), config_map = %name, "ConfigMap exists, the cache is behind; looking again");
+                    return Ok(Written::CacheBehind);
                 }
-                other => other.during(|| format!("create ConfigMap {ns}/{cm_name}"))?,
+                other => other.during(|| format!("create ConfigMap {ns}/{name}"))?,
             };
         }
         ConfigMapWrite::Apply => {
+            let patch = Patch::Apply(&plan.config_map);
             apis.config_maps
-                .patch(&cm_name, &apply, &Patch::Apply(wanted))
+                .patch(&name, &apply_params(), &patch)
                 .await
-                .during(|| format!("apply ConfigMap {ns}/{cm_name}"))?;
+                .during(|| format!("apply ConfigMap {ns}/{name}"))?;
         }
     }
-    let write_config_map = step.config_map != ConfigMapWrite::Keep;
-
-    // What HAProxy serves, for the status: the Deployment as read, or as the
-    // rollout patch returned it; InPlace: what the agents report.
-    let mut served = p.deployment.as_deref().map(|d| match p.strategy {
-        Strategy::RollingUpdate => desired::served(d),
-        Strategy::InPlace => {
-            let pods = ctx.caches.agents_of(ns, &pool.name_any());
-            let reports: Vec<_> = pods.iter().map(|p| agents::Report::of(p)).collect();
-            agents::in_place(d, &reports, &p.config.hash)
-        }
-    });
-    let state = match (&p.deployment, step.roll) {
-        (Some(d), true) => {
-            let deployed = desired::deployed_hash(d).map(str::to_owned);
-            let patched = apis
-                .deployments
-                .patch(
-                    deployment_name,
-                    &apply,
-                    &Patch::Apply(desired::deployment_patch(
-                        deployment_name,
-                        &pool.name_any(),
-                        &p.config.hash,
-                    )),
-                )
-                .await
-                .during(|| format!("patch Deployment {ns}/{deployment_name}"))?;
-            ctx.metrics.rollouts.inc();
-            info!(pool = %pool_key, deployment = %deployment_name, config = p.config.revision(), backends = p.model.servers.len(), "rolling HAProxy for a new config");
-            let note = format!(
-                "Deployment {deployment_name} rolls for config {} ({} backends, was {})",
-                p.config.revision(),
-                p.model.servers.len(),
-                deployed.as_deref().map_or("none", lbpool_wire::revision)
-            );
-            // The Deployment at its new version is the related object, so
-            // each rollout is an Event of its own, not a repeat in a series.
-            let mut ev = event(EventType::Normal, "RolloutTriggered", "Rollout", note);
-            ev.secondary = Some(ObjectReference {
-                resource_version: patched.resource_version(),
-                ..patched.object_ref(&())
-            });
-            publish_event(ctx, pool, ev);
-            served = Some(desired::served(&patched));
-            DeploymentState::Rolled { at: rolled_at }
-        }
-        _ => step.state,
-    };
-    if let DeploymentState::Rolled { .. } = state {
-        lock(&ctx.rollouts).insert(pool_key.clone(), now);
-        if !step.roll {
-            info!(pool = %pool_key, config_map = %cm_name, config = p.config.revision(), backends = p.model.servers.len(), "config published to the agents");
-        }
-    }
-    ctx.metrics.update(match (step.roll, write_config_map) {
-        (true, _) => UpdateKind::Rolled,
-        (false, true) => UpdateKind::Published,
-        (false, false) => UpdateKind::Noop,
-    });
-
-    let before = lock(&ctx.reported).insert(pool_key.clone(), Report::Valid);
-    let was_invalid = match before {
-        Some(Report::Invalid(reason, _)) => Some(reason.to_owned()),
-        Some(Report::Valid) => None,
-        // First look at this pool in this process: the status is all there is.
-        None => desired::invalid_reason(pool.status.as_ref()).map(|(r, _)| r.to_owned()),
-    };
-    if let Some(reason) = was_invalid {
-        let note = format!(
-            "config {} is valid again (was {reason})",
-            p.config.revision()
-        );
-        publish_event(
-            ctx,
-            pool,
-            event(EventType::Normal, "ConfigValid", "Render", note),
-        );
-    }
-    let status = desired::published_status(
-        pool,
-        &p.model,
-        &p.config,
-        &state,
-        served.as_ref(),
-        last_rollout.map(whole_second_after),
-        &Time(whole_second_before(now)),
-    );
-    // While the new config waits, the status repeats what the ConfigMap
-    // holds: taken from a cached pool that is behind the ConfigMap, it would
-    // say something older. The fresh pool's watch event comes soon.
-    let cached_is_behind = matches!(state, DeploymentState::Pending { .. })
-        && (write_config_map
-            || cached_hash(&p.config_map)
-                != pool.status.as_ref().and_then(|s| s.config_hash.as_deref()));
-    if !cached_is_behind {
-        write_status(pool, apis, status).await?;
-    }
-    Ok(match state {
-        // Wake up just after the interval ends; a little slack avoids waking early.
-        DeploymentState::Pending { wait } => Action::requeue(wait + Duration::from_millis(50)),
-        _ => Action::requeue(RESYNC),
-    })
+    Ok(Written::Done)
 }
 
-fn cached_hash(cm: &Cached) -> Option<&str> {
-    match cm {
-        Cached::Generated(cm) => desired::published_hash(cm),
-        Cached::Missing | Cached::Unlabelled => None,
-    }
+/// Rolls the Deployment when the plan says so, with its Event; returns what
+/// it serves as the patch returned it.
+async fn roll(
+    pool: &LoadBalancerPool,
+    ctx: &Context,
+    apis: &Apis,
+    plan: &Plan,
+) -> Result<Option<Served>, Error> {
+    let (Some(patch), Some(note)) = (&plan.rollout_patch, &plan.rollout_note) else {
+        return Ok(None);
+    };
+    let name = &pool.spec.haproxy.deployment;
+    let patched = apis
+        .deployments
+        .patch(name, &apply_params(), &Patch::Apply(patch))
+        .await
+        .during(|| format!("patch Deployment {}/{name}", apis.ns))?;
+    ctx.metrics.rollouts.inc();
+    info!(pool = %key(pool), deployment = %name, %note, "rolling HAProxy for a new config");
+    // The Deployment at its new version is the related object, so each
+    // rollout is an Event of its own, not a repeat in a series.
+    let mut ev = event(
+        EventType::Normal,
+        "RolloutTriggered",
+        "Rollout",
+        note.clone(),
+    );
+    ev.secondary = Some(ObjectReference {
+        resource_version: patched.resource_version(),
+        ..patched.object_ref(&())
+    });
+    publish_event(ctx, pool, ev);
+    Ok(Some(served(&patched)))
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
 }
 
 /// Leaves the ConfigMap and the Deployment as they are; says why in the
@@ -741,16 +652,11 @@ async fn report_invalid(
     apis: &Apis,
     invalid: &InvalidPool,
 ) -> Result<(), Error> {
-    let current = Report::Invalid(invalid.reason, invalid.message.clone());
-    let before = lock(&ctx.reported).insert(key(pool), current.clone());
-    let already_said = match before {
-        Some(previous) => previous == current,
-        None => {
-            desired::invalid_reason(pool.status.as_ref())
-                == Some((invalid.reason, invalid.message.as_str()))
-        }
-    };
-    if !already_said {
+    let now = Verdict::Invalid(invalid.reason, invalid.message.clone());
+    let before = ctx
+        .memory
+        .update(&pool_ref(pool), |m| m.verdict.replace(now));
+    if !plan::already_said(pool, before.as_ref(), invalid) {
         warn!(pool = %key(pool), reason = invalid.reason, message = %invalid.message, "pool cannot be served; the last good config stays");
         ctx.metrics.invalid.inc();
         if matches!(
@@ -767,8 +673,7 @@ async fn report_invalid(
         );
         publish_event(ctx, pool, ev);
     }
-    let status =
-        desired::invalid_status(pool, invalid, &Time(whole_second_before(Timestamp::now())));
+    let status = status::invalid(pool, invalid, &Time(whole_second_before(Timestamp::now())));
     write_status(pool, apis, status).await
 }
 
@@ -788,11 +693,7 @@ async fn write_status(
     });
     match apis
         .pools
-        .patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        )
+        .patch_status(&name, &apply_params(), &Patch::Apply(patch))
         .await
     {
         // Deleted while this reconcile ran: nothing to report on, no error.
@@ -864,21 +765,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_exact_time_of_an_own_rollout_counts() {
-        let exact = Timestamp::from_second(100)
-            .and_then(|t| t.checked_add(jiff::SignedDuration::from_millis(200)))
-            .expect("time");
-        let stored = Timestamp::from_second(101).expect("time");
-        // The status holds this rollout, rounded up.
-        assert_eq!(last_rollout(Some(exact), Some(stored)), Some(exact));
-        // A newer rollout of another process (a new leader) counts.
-        let newer = Timestamp::from_second(105).expect("time");
-        assert_eq!(last_rollout(Some(exact), Some(newer)), Some(newer));
-        assert_eq!(last_rollout(None, Some(stored)), Some(stored));
-        assert_eq!(last_rollout(Some(exact), None), Some(exact));
-    }
-
     #[tokio::test]
     async fn a_deleted_pool_is_forgotten_without_an_api_call() {
         // A client whose API is never answered: any request would hang the test.
@@ -888,7 +774,7 @@ mod tests {
         >();
         let client = Client::new(service, "demo");
         let reporter = Reporter {
-            controller: MANAGER.into(),
+            controller: FIELD_MANAGER.into(),
             instance: None,
         };
         let ctx = Arc::new(Context::new(
@@ -898,13 +784,19 @@ mod tests {
             Metrics::default(),
             crate::cache::Caches::new().0,
         ));
-        for other in ["demo/webapp", "demo/other"] {
-            lock(&ctx.validated).insert(other.into(), "sha256:x".into());
-            lock(&ctx.rollouts).insert(other.into(), Timestamp::now());
-            lock(&ctx.reported).insert(other.into(), Report::Valid);
+        let (webapp, other) = (
+            ObjectRef::new("webapp").within("demo"),
+            ObjectRef::new("other").within("demo"),
+        );
+        for pool in [&webapp, &other] {
+            ctx.memory.update(pool, |m| {
+                m.validated = Some("sha256:x".into());
+                m.rolled = Some(Timestamp::now());
+                m.verdict = Some(Verdict::Valid);
+            });
         }
-        lock(&ctx.failures).insert("demo/webapp".into(), 3);
-        assert_eq!(ctx.remembered(), 2);
+        ctx.memory.update(&webapp, |m| m.failures = 3);
+        assert_eq!(ctx.memory.len(), 2);
 
         let mut pool = crate::testing::pool();
         pool.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
@@ -912,24 +804,10 @@ mod tests {
             .await
             .expect("no error");
         assert_eq!(action, Action::await_change());
-        assert_eq!(ctx.remembered(), 1, "only demo/other is left");
-        ctx.forget("demo/other");
-        assert_eq!(ctx.remembered(), 0);
-    }
-
-    #[test]
-    fn times_are_kept_at_the_precision_the_api_stores() {
-        let t = Timestamp::from_second(1_700_000_000).unwrap();
-        let later = t + jiff::SignedDuration::from_millis(250);
-        assert_eq!(whole_second_before(later), t);
-        assert_eq!(
-            whole_second_after(later),
-            Timestamp::from_second(1_700_000_001).unwrap()
-        );
-        assert_eq!(whole_second_after(t), t);
-        // Negative seconds (before 1970) floor the same way.
-        let early = Timestamp::from_second(-5).unwrap() - jiff::SignedDuration::from_millis(1);
-        assert_eq!(whole_second_before(early).as_second(), -6);
+        assert_eq!(ctx.memory.len(), 1, "only demo/other is left");
+        assert_eq!(ctx.metrics.remembered_pools.get(), 1);
+        ctx.forget(&other);
+        assert!(ctx.memory.is_empty());
     }
 
     #[test]

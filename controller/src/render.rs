@@ -43,7 +43,8 @@ pub struct RenderedConfig {
 }
 
 impl RenderedConfig {
-    fn new(text: String) -> Self {
+    /// A config and its hash.
+    pub fn new(text: String) -> Self {
         let hash = config_hash(&text);
         Self { text, hash }
     }

@@ -521,12 +521,10 @@ async fn controller(
                     // A reconcile queued for a pool deleted since: the usual end
                     // of a pool, not an error. Forget what was kept for it.
                     Err(E::ObjectNotFound(obj)) => {
-                        let key = reconcile::pool_key(
-                            obj.namespace.as_deref().unwrap_or_default(),
-                            &obj.name,
-                        );
-                        debug!(pool = %key, "pool deleted");
-                        memory.forget(&key);
+                        let pool = ObjectRef::<LoadBalancerPool>::new(&obj.name)
+                            .within(obj.namespace.as_deref().unwrap_or_default());
+                        debug!(pool = %format!("{}/{}", obj.namespace.as_deref().unwrap_or_default(), obj.name), "pool deleted");
+                        memory.forget(&pool);
                     }
                     // Logged by the error policy.
                     Err(E::ReconcilerFailed(..)) => {}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::desired::{self, DeploymentState, Rollout};
+use crate::desired::rollout::{self, DeploymentState, Rollout};
 
 /// A reload strategy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,10 +84,16 @@ pub enum ConfigMapWrite {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     pub config_map: ConfigMapWrite,
-    /// Patch the Deployment's pod-template annotation (a rolling update).
-    pub roll: bool,
-    /// What the status says of the Deployment, unless it is rolled.
-    pub state: DeploymentState,
+    /// What becomes of the Deployment: [`DeploymentState::Rolled`] means
+    /// patch its pod-template annotation now (a rolling update).
+    pub deployment: DeploymentState,
+}
+
+impl Step {
+    /// The Deployment is rolled in this step.
+    pub fn rolls(&self) -> bool {
+        matches!(self.deployment, DeploymentState::Rolled { .. })
+    }
 }
 
 impl Strategy {
@@ -100,9 +106,9 @@ impl Strategy {
 }
 
 fn rolling_update(f: &Found<'_>) -> Step {
-    let decision = f.deployed.map(|deployed| {
-        desired::decide_rollout(deployed, f.wanted, f.last_rollout, f.now, f.min_interval)
-    });
+    let decision = f
+        .deployed
+        .map(|deployed| rollout::decide(deployed, f.wanted, f.last_rollout, f.now, f.min_interval));
     let config_map = match (f.config_map, decision) {
         // HAProxy pods without a ConfigMap have nothing to load.
         (ConfigMapNow::Missing, _) => ConfigMapWrite::Create,
@@ -110,32 +116,29 @@ fn rolling_update(f: &Found<'_>) -> Step {
         (_, Some(Rollout::Wait(_))) | (ConfigMapNow::Current, _) => ConfigMapWrite::Keep,
         (ConfigMapNow::Stale, _) => ConfigMapWrite::Apply,
     };
-    let (roll, state) = match decision {
-        None => (false, DeploymentState::Missing),
-        Some(Rollout::UpToDate) => (false, DeploymentState::UpToDate),
-        Some(Rollout::Wait(wait)) => (false, DeploymentState::Pending { wait }),
-        Some(Rollout::Now) => (true, DeploymentState::Missing),
+    let deployment = match decision {
+        None => DeploymentState::Missing,
+        Some(Rollout::UpToDate) => DeploymentState::UpToDate,
+        Some(Rollout::Wait(wait)) => DeploymentState::Pending { wait },
+        Some(Rollout::Now) => DeploymentState::Rolled { at: f.stamp },
     };
     Step {
         config_map,
-        roll,
-        state,
+        deployment,
     }
 }
 
 fn in_place(f: &Found<'_>) -> Step {
     let published = |config_map| Step {
         config_map,
-        roll: false,
-        state: match f.deployed {
+        deployment: match f.deployed {
             None => DeploymentState::Missing,
-            Some(_) => DeploymentState::Rolled { at: f.stamp },
+            Some(_) => DeploymentState::Published { at: f.stamp },
         },
     };
-    let unchanged = |state| Step {
+    let unchanged = |deployment| Step {
         config_map: ConfigMapWrite::Keep,
-        roll: false,
-        state,
+        deployment,
     };
     match f.config_map {
         // The agents have nothing to start HAProxy with: at once.
@@ -145,7 +148,7 @@ fn in_place(f: &Found<'_>) -> Step {
             Some(_) => DeploymentState::UpToDate,
         }),
         ConfigMapNow::Stale => {
-            match desired::decide_rollout(None, f.wanted, f.last_rollout, f.now, f.min_interval) {
+            match rollout::decide(None, f.wanted, f.last_rollout, f.now, f.min_interval) {
                 Rollout::Wait(wait) if f.deployed.is_some() => {
                     unchanged(DeploymentState::Pending { wait })
                 }
@@ -177,7 +180,7 @@ mod tests {
 
     fn step(f: Found<'_>) -> (ConfigMapWrite, bool) {
         let s = Strategy::RollingUpdate.step(&f);
-        (s.config_map, s.roll)
+        (s.config_map, s.rolls())
     }
 
     #[test]
@@ -201,7 +204,7 @@ mod tests {
         );
         let waiting = Strategy::RollingUpdate.step(&found(Stale, old, recent));
         assert_eq!(
-            waiting.state,
+            waiting.deployment,
             DeploymentState::Pending {
                 wait: Duration::from_secs(3)
             }
@@ -228,13 +231,17 @@ mod tests {
         use ConfigMapNow::*;
         let in_place = |f| {
             let s = Strategy::InPlace.step(&f);
-            (s.config_map, s.roll, s.state)
+            (s.config_map, s.rolls(), s.deployment)
         };
         let deployed = Some(Some("sha256:whatever"));
         let at = Timestamp::from_second(1_700_000_100).expect("time");
         assert_eq!(
             in_place(found(Stale, deployed, None)),
-            (ConfigMapWrite::Apply, false, DeploymentState::Rolled { at })
+            (
+                ConfigMapWrite::Apply,
+                false,
+                DeploymentState::Published { at }
+            )
         );
         assert_eq!(
             in_place(found(Current, deployed, None)),
@@ -269,7 +276,7 @@ mod tests {
         use ConfigMapNow::*;
         let s = Strategy::RollingUpdate.step(&found(Stale, None, None));
         assert_eq!(
-            (s.config_map, s.roll, s.state),
+            (s.config_map, s.rolls(), s.deployment),
             (ConfigMapWrite::Apply, false, DeploymentState::Missing)
         );
     }

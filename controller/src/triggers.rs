@@ -28,7 +28,9 @@ use lbpool_crds::LoadBalancerPool;
 
 use lbpool_wire::POOL_CLAIM_ANNOTATION;
 
-use crate::desired::{Served, StatsCredential, published_hash, served, stats_credentials};
+use crate::desired::config_map::published_hash;
+use crate::desired::deployment::{StatsCredential, stats_credentials};
+use crate::desired::served::{Served, served};
 
 /// Passes on an object when what a reconcile reads of it (`inputs`)
 /// changed since it last passed, when it is first seen and when it is
@@ -117,7 +119,7 @@ type AgentReport = (bool, bool, Option<String>, Option<(String, String)>);
 /// An agent's pool is reconciled when what the agent reports changes.
 pub fn agent_trigger() -> Changes<Pod, AgentReport> {
     Changes::new(|pod| {
-        let r = crate::agents::Report::of(pod);
+        let r = crate::agents::AgentReport::of(pod);
         (
             r.ready,
             r.deleting,
