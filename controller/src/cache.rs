@@ -337,6 +337,11 @@ fn slim_meta(meta: &mut ObjectMeta) {
 }
 
 /// A Service as the cache keeps it: name and ports.
+/// A pool as the cache keeps it: without its managedFields.
+pub fn slim_pool(pool: &mut LoadBalancerPool) {
+    pool.metadata.managed_fields = None;
+}
+
 pub fn slim_service(svc: &mut Service) {
     slim_meta(&mut svc.metadata);
     svc.metadata.labels = None;

@@ -2,8 +2,8 @@
 //!
 //! The controller watches LoadBalancerPools, the ConfigMaps it generated
 //! (`.owns`), and Services, EndpointSlices, Deployments, template ConfigMaps
-//! and the pods of `InPlace` agents, which it maps to the pools that name
-//! them through a lookup in the pool store (no API call per event).
+//! and the pods of `InPlace` agents ([`Watches`], one [`watch`] each), which
+//! [`crate::triggers`] maps to the pools that name them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,15 +14,16 @@ use anyhow::Context as _;
 use futures::FutureExt as _;
 use futures::StreamExt;
 use futures::TryStreamExt as _;
+use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use lbpool_crds::LoadBalancerPool;
 use tracing::{debug, error, info, warn};
 
@@ -102,71 +103,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// The pools in `namespace` for which `names` is true.
-fn pools_where(
-    store: &Store<LoadBalancerPool>,
-    namespace: Option<String>,
-    names: impl Fn(&LoadBalancerPool) -> bool,
-) -> Vec<ObjectRef<LoadBalancerPool>> {
-    store
-        .state()
-        .iter()
-        .filter(|p| p.namespace() == namespace && names(p))
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
-}
-
-/// Pools whose backends are this Service's.
-pub fn pools_for_service(
-    store: &Store<LoadBalancerPool>,
-    svc: &Service,
-) -> Vec<ObjectRef<LoadBalancerPool>> {
-    let name = svc.name_any();
-    pools_where(store, svc.namespace(), |p| p.spec.backend.service == name)
-}
-
-/// Pools whose backends come from this EndpointSlice's Service.
-pub fn pools_for_slice(
-    store: &Store<LoadBalancerPool>,
-    slice: &EndpointSlice,
-) -> Vec<ObjectRef<LoadBalancerPool>> {
-    let Some(service) = slice.labels().get(SERVICE_NAME_LABEL).cloned() else {
-        return Vec::new();
-    };
-    pools_where(store, slice.namespace(), |p| {
-        p.spec.backend.service == service
-    })
-}
-
-/// Pools served by this Deployment.
-pub fn pools_for_deployment(
-    store: &Store<LoadBalancerPool>,
-    d: &Deployment,
-) -> Vec<ObjectRef<LoadBalancerPool>> {
-    let name = d.name_any();
-    pools_where(store, d.namespace(), |p| p.spec.haproxy.deployment == name)
-}
-
-/// The pool an agent's pod serves: its label names it.
-pub fn pool_of_agent(pod: &Pod) -> Option<ObjectRef<LoadBalancerPool>> {
-    let pool = pod.labels().get(POOL_LABEL)?;
-    Some(ObjectRef::new(pool).within(&pod.namespace()?))
-}
-
-/// Pools whose template is this ConfigMap (by its metadata).
-pub fn pools_for_template(
-    store: &Store<LoadBalancerPool>,
-    cm: &impl ResourceExt,
-) -> Vec<ObjectRef<LoadBalancerPool>> {
-    let name = cm.name_any();
-    pools_where(store, cm.namespace(), |p| {
-        p.spec
-            .template
-            .as_ref()
-            .is_some_and(|t| t.config_map == name)
-    })
 }
 
 /// A watch's errors, logged and dropped: each watch retries on its own
@@ -384,122 +320,34 @@ async fn controller(
     };
     let ns = args.namespace.as_deref();
     let (caches, writers) = Caches::new();
-    let Writers {
-        pools: pool_writer,
-        services: service_writer,
-        slices: mut slice_writer,
-        deployments: deployment_writer,
-        config_maps: config_map_writer,
-        config_map_names: name_writer,
-        namespaces: namespace_writer,
-        agents: agent_writer,
-    } = writers;
-    // Namespaces: only names and deletion marks, to leave alone the pools of
-    // a namespace being deleted.
-    let namespace_config = match ns {
-        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        None => watcher::Config::default(),
-    };
-    let namespace_watch = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        namespace_config,
-    )
-    .backoff(WatchBackoff::default())
-    .modify(cache::slim_namespace)
-    .reflect(namespace_writer)
-    .for_each(|_| std::future::ready(()));
+    let watches = Watches::new(&client, ns, writers);
+    let namespace_watch = watches.namespaces.for_each(|_| std::future::ready(()));
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        client,
         validator,
         reporter,
         metrics,
         caches.clone(),
     ));
-
-    // Every watch feeds a cache (cache.rs) before it triggers anything, so a
-    // reconcile it triggers reads what triggered it.
-    // Pools: cached without managedFields; reconciled on a spec change or a
-    // deletion, not on the status this controller writes (see triggers.rs).
-    let mut pool_trigger = triggers::pool_trigger();
-    let pools = watcher(
-        api::<LoadBalancerPool>(&client, ns),
-        watcher::Config::default(),
-    )
-    .backoff(WatchBackoff::default())
-    .modify(|p| p.managed_fields_mut().clear())
-    .reflect(pool_writer)
-    .filter_map(move |event| std::future::ready(event.map(|e| pool_trigger.on(e)).transpose()));
-    let services = watcher(api::<Service>(&client, ns), watcher::Config::default())
-        .backoff(WatchBackoff::default())
-        .modify(cache::slim_service)
-        .reflect(service_writer)
-        .touched_objects();
-    let slices = watcher(
-        api::<EndpointSlice>(&client, ns),
-        watcher::Config::default().labels(SERVICE_NAME_LABEL),
-    )
-    .backoff(WatchBackoff::default())
-    .modify(cache::slim_slice)
-    .map_ok(move |event| {
-        slice_writer.apply_watcher_event(&event);
-        event
-    })
-    .touched_objects();
-    let mut deployment_trigger = triggers::deployment_trigger();
-    let deployments = watcher(api::<Deployment>(&client, ns), watcher::Config::default())
-        .backoff(WatchBackoff::default())
-        .modify(cache::slim_deployment)
-        .reflect(deployment_writer)
-        .filter_map(move |event| {
-            std::future::ready(event.map(|e| deployment_trigger.on(e)).transpose())
-        });
-    // Generated ConfigMaps: looked at when edited by someone else or deleted.
-    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
-    let config_maps = watcher(api::<ConfigMap>(&client, ns), owned)
-        .backoff(WatchBackoff::default())
-        .modify(cache::slim_config_map)
-        .reflect(config_map_writer)
-        .filter_map(|event| std::future::ready(event.map(triggers::config_map_event).transpose()));
-    // Every ConfigMap, metadata only: whose each is, and user templates
-    // (an edit re-renders the pools that use it).
-    let config_map_names = watcher(
-        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
-        watcher::Config::default(),
-    )
-    .backoff(WatchBackoff::default())
-    .modify(cache::slim_names)
-    .reflect(name_writer)
-    .touched_objects();
-    // Pods of InPlace agents (labelled by the agents): looked at when what an
-    // agent reports changes.
-    let mut agent_trigger = triggers::agent_trigger();
-    let agents = watcher(
-        api::<Pod>(&client, ns),
-        watcher::Config::default().labels(POOL_LABEL),
-    )
-    .backoff(WatchBackoff::default())
-    .modify(agents::slim_pod)
-    .reflect(agent_writer)
-    .filter_map(move |event| std::future::ready(event.map(|e| agent_trigger.on(e)).transpose()));
     let store = caches.pools.clone();
     let (service_store, slice_store, deployment_store, template_store) =
         (store.clone(), store.clone(), store.clone(), store.clone());
-    let controller = Controller::for_stream(retrying("pools", pools), store.clone())
+    let controller = Controller::for_stream(watches.pools, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-        .owns_stream(retrying("generated configmaps", config_maps))
-        .watches_stream(retrying("services", services), move |svc| {
-            pools_for_service(&service_store, &svc)
+        .owns_stream(watches.config_maps)
+        .watches_stream(watches.services, move |svc| {
+            triggers::pools_for_service(&service_store, &svc)
         })
-        .watches_stream(retrying("endpointslices", slices), move |slice| {
-            pools_for_slice(&slice_store, &slice)
+        .watches_stream(watches.slices, move |slice| {
+            triggers::pools_for_slice(&slice_store, &slice)
         })
-        .watches_stream(retrying("deployments", deployments), move |d| {
-            pools_for_deployment(&deployment_store, &d)
+        .watches_stream(watches.deployments, move |d| {
+            triggers::pools_for_deployment(&deployment_store, &d)
         })
-        .watches_stream(retrying("configmaps", config_map_names), move |cm| {
-            pools_for_template(&template_store, &cm)
+        .watches_stream(watches.config_map_names, move |cm| {
+            triggers::pools_for_template(&template_store, &cm)
         })
-        .watches_stream(retrying("agent pods", agents), |pod| pool_of_agent(&pod))
+        .watches_stream(watches.agents, |pod| triggers::pool_of_agent(&pod))
         .graceful_shutdown_on(shutdown);
 
     let synced = async move {
@@ -507,30 +355,13 @@ async fn controller(
         info!(caches = ?caches, "caches synced; ready");
         health.set(Role::Leading);
     };
-
     info!(namespace = ns.unwrap_or("<all>"), admin = %args.admin_addr, "lbpool-controller started");
     let memory = ctx.clone();
     let reconciles = controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| {
-            let memory = memory.clone();
-            async move {
-                use kube::runtime::controller::Error as E;
-                match res {
-                    Ok(_) => {}
-                    // A reconcile queued for a pool deleted since: the usual end
-                    // of a pool, not an error. Forget what was kept for it.
-                    Err(E::ObjectNotFound(obj)) => {
-                        let pool = ObjectRef::<LoadBalancerPool>::new(&obj.name)
-                            .within(obj.namespace.as_deref().unwrap_or_default());
-                        debug!(pool = %format!("{}/{}", obj.namespace.as_deref().unwrap_or_default(), obj.name), "pool deleted");
-                        memory.forget(&pool);
-                    }
-                    // Logged by the error policy.
-                    Err(E::ReconcilerFailed(..)) => {}
-                    Err(e) => error!(error = %e, "controller stream error"),
-                }
-            }
+        .for_each(move |res| {
+            outcome(&memory, res);
+            std::future::ready(())
         });
     // The namespace watch and the readiness probe never end; the reconciles
     // end on shutdown.
@@ -540,63 +371,197 @@ async fn controller(
     }
 }
 
+/// What the controller does with a reconcile's outcome.
+fn outcome<T>(
+    ctx: &Context,
+    res: Result<T, kube::runtime::controller::Error<crate::Error, watcher::Error>>,
+) {
+    use kube::runtime::controller::Error as E;
+    match res {
+        Ok(_) => {}
+        // A reconcile queued for a pool deleted since: the usual end of a
+        // pool, not an error. Forget what was kept for it.
+        Err(E::ObjectNotFound(obj)) => {
+            let ns = obj.namespace.as_deref().unwrap_or_default();
+            debug!(pool = %format!("{ns}/{}", obj.name), "pool deleted");
+            ctx.forget(&ObjectRef::new(&obj.name).within(ns));
+        }
+        // Logged by the error policy.
+        Err(E::ReconcilerFailed(..)) => {}
+        Err(e) => error!(error = %e, "controller stream error"),
+    }
+}
+
+/// A watch's stream of objects to look at.
+type Objects<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// Every watch of the controller. Each feeds a cache ([`crate::cache`])
+/// before it triggers anything, so a reconcile it triggers reads what
+/// triggered it; which events trigger is [`crate::triggers`]' part.
+struct Watches {
+    /// Namespaces: only names and deletion marks, to leave alone the pools
+    /// of a namespace being deleted. Triggers nothing.
+    namespaces: Events<PartialObjectMeta<Namespace>>,
+    /// Cached without managedFields; reconciled on a spec change or a
+    /// deletion, not on the status this controller writes.
+    pools: Objects<LoadBalancerPool>,
+    services: Objects<Service>,
+    slices: Objects<EndpointSlice>,
+    deployments: Objects<Deployment>,
+    /// The generated ConfigMaps: looked at when edited by someone else or
+    /// deleted.
+    config_maps: Objects<ConfigMap>,
+    /// Every ConfigMap, metadata only: whose each is, and user templates
+    /// (an edit re-renders the pools that use it).
+    config_map_names: Objects<PartialObjectMeta<ConfigMap>>,
+    /// The pods of `InPlace` agents (labelled by the agents): looked at when
+    /// what an agent reports changes.
+    agents: Objects<Pod>,
+}
+
+impl Watches {
+    fn new(client: &Client, ns: Option<&str>, writers: Writers) -> Self {
+        let Writers {
+            pools: mut pool_cache,
+            services: mut service_cache,
+            slices: mut slice_cache,
+            deployments: mut deployment_cache,
+            config_maps: mut config_map_cache,
+            config_map_names: mut name_cache,
+            namespaces: mut namespace_cache,
+            agents: mut agent_cache,
+        } = writers;
+        let all = watcher::Config::default;
+        let namespaces = match ns {
+            Some(ns) => all().fields(&format!("metadata.name={ns}")),
+            None => all(),
+        };
+        let generated = all().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+        Self {
+            namespaces: watch(
+                Api::all(client.clone()),
+                namespaces,
+                cache::slim_namespace,
+                move |e| namespace_cache.apply_watcher_event(e),
+            ),
+            pools: triggered(
+                "pools",
+                watch(api(client, ns), all(), cache::slim_pool, move |e| {
+                    pool_cache.apply_watcher_event(e);
+                }),
+                triggers::pool_trigger(),
+            ),
+            services: touched(
+                "services",
+                watch(api(client, ns), all(), cache::slim_service, move |e| {
+                    service_cache.apply_watcher_event(e);
+                }),
+            ),
+            slices: touched(
+                "endpointslices",
+                watch(
+                    api(client, ns),
+                    all().labels(SERVICE_NAME_LABEL),
+                    cache::slim_slice,
+                    move |e| slice_cache.apply_watcher_event(e),
+                ),
+            ),
+            deployments: triggered(
+                "deployments",
+                watch(api(client, ns), all(), cache::slim_deployment, move |e| {
+                    deployment_cache.apply_watcher_event(e);
+                }),
+                triggers::deployment_trigger(),
+            ),
+            config_maps: filtered(
+                "generated configmaps",
+                watch(
+                    api(client, ns),
+                    generated,
+                    cache::slim_config_map,
+                    move |e| {
+                        config_map_cache.apply_watcher_event(e);
+                    },
+                ),
+                triggers::config_map_event,
+            ),
+            config_map_names: touched(
+                "configmaps",
+                watch(api(client, ns), all(), cache::slim_names, move |e| {
+                    name_cache.apply_watcher_event(e);
+                }),
+            ),
+            agents: triggered(
+                "agent pods",
+                watch(
+                    api(client, ns),
+                    all().labels(POOL_LABEL),
+                    agents::slim_pod,
+                    move |e| agent_cache.apply_watcher_event(e),
+                ),
+                triggers::agent_trigger(),
+            ),
+        }
+    }
+}
+
+/// One watch: lists and watches `api`, retrying on [`WatchBackoff`];
+/// each object slimmed to what the controller reads, then kept (`keep`:
+/// a cache's writer) before it is passed on.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: fn(&mut K),
+    mut keep: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> Events<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .modify(slim)
+        .map_ok(move |event| {
+            keep(&event);
+            event
+        })
+        .boxed()
+}
+
+/// A watch's events.
+type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// Every object an event touches is looked at.
+fn touched<K: Send + 'static>(watch: &'static str, events: Events<K>) -> Objects<K> {
+    retrying(watch, events.touched_objects()).boxed()
+}
+
+/// The objects a trigger ([`triggers::Changes`]) passes on are looked at.
+fn triggered<K, V>(
+    watch: &'static str,
+    events: Events<K>,
+    mut changes: triggers::Changes<K, V>,
+) -> Objects<K>
+where
+    K: kube::Resource<DynamicType = ()> + Send + 'static,
+    V: PartialEq + Send + 'static,
+{
+    filtered(watch, events, move |event| changes.on(event))
+}
+
+/// The objects `pass` returns for an event are looked at.
+fn filtered<K: Send + 'static>(
+    watch: &'static str,
+    events: Events<K>,
+    mut pass: impl FnMut(watcher::Event<K>) -> Option<K> + Send + 'static,
+) -> Objects<K> {
+    let objects =
+        events.filter_map(move |event| std::future::ready(event.map(&mut pass).transpose()));
+    retrying(watch, objects).boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{pool, slice};
-    use kube::runtime::reflector::store;
-    use kube::runtime::watcher::Event;
-
-    fn store_with(pools: Vec<LoadBalancerPool>) -> Store<LoadBalancerPool> {
-        let (reader, mut writer) = store::<LoadBalancerPool>();
-        writer.apply_watcher_event(&Event::Init);
-        for p in pools {
-            writer.apply_watcher_event(&Event::InitApply(p));
-        }
-        writer.apply_watcher_event(&Event::InitDone);
-        reader
-    }
-
-    #[test]
-    fn a_slice_maps_to_the_pools_of_its_service_in_its_namespace() {
-        let mut other_ns = pool();
-        other_ns.metadata.namespace = Some("other".into());
-        let mut other_svc = pool();
-        other_svc.metadata.name = Some("api".into());
-        other_svc.spec.backend.service = "api".into();
-        let store = store_with(vec![pool(), other_ns, other_svc]);
-        let refs = pools_for_slice(&store, &slice("webapp-abc", "http", 3000, &[]));
-        assert_eq!(refs, vec![ObjectRef::new("webapp").within("demo")]);
-    }
-
-    #[test]
-    fn a_slice_without_service_label_maps_to_nothing() {
-        let store = store_with(vec![pool()]);
-        let mut s = slice("x", "http", 3000, &[]);
-        s.metadata.labels = None;
-        assert!(pools_for_slice(&store, &s).is_empty());
-    }
-
-    #[test]
-    fn a_config_map_maps_to_the_pools_whose_template_it_holds() {
-        let mut templated = pool();
-        templated.spec.template = Some(lbpool_crds::TemplateRef {
-            config_map: "my-template".into(),
-            key: "haproxy.cfg.hbs".into(),
-        });
-        let mut plain = pool();
-        plain.metadata.name = Some("plain".into());
-        let store = store_with(vec![templated, plain]);
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some("my-template".into());
-        cm.metadata.namespace = Some("demo".into());
-        assert_eq!(
-            pools_for_template(&store, &cm),
-            vec![ObjectRef::new("webapp").within("demo")]
-        );
-        cm.metadata.namespace = Some("other".into());
-        assert!(pools_for_template(&store, &cm).is_empty());
-    }
 
     #[test]
     fn watch_backoff_doubles_to_five_seconds_and_resets() {
@@ -606,16 +571,5 @@ mod tests {
         assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000]);
         b.reset();
         assert_eq!(b.next(), Some(Duration::from_millis(250)));
-    }
-
-    #[test]
-    fn a_deployment_maps_to_the_pools_it_serves() {
-        let store = store_with(vec![pool()]);
-        let mut d = Deployment::default();
-        d.metadata.name = Some("haproxy".into());
-        d.metadata.namespace = Some("demo".into());
-        assert_eq!(pools_for_deployment(&store, &d).len(), 1);
-        d.metadata.name = Some("nginx".into());
-        assert!(pools_for_deployment(&store, &d).is_empty());
     }
 }

@@ -16,18 +16,27 @@
 //!   progress updates.
 //! - An agent's pod (`InPlace`) is looked at when what its agent reports
 //!   or its readiness changes, and when it goes.
+//!
+//! Which pools an event concerns is looked up in the pool cache (no API
+//! call per event): the pools of a Service, an EndpointSlice, a Deployment,
+//! a template ConfigMap, an agent's pod ([`pools_for_service`] and the
+//! mappers after it).
 
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::Resource;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher::Event;
+use kube::{Resource, ResourceExt};
 use lbpool_crds::LoadBalancerPool;
 
-use lbpool_wire::POOL_CLAIM_ANNOTATION;
+use lbpool_wire::{POOL_CLAIM_ANNOTATION, POOL_LABEL};
 
+use crate::cache::SERVICE_NAME_LABEL;
 use crate::desired::config_map::published_hash;
 use crate::desired::deployment::{StatsCredential, stats_credentials};
 use crate::desired::served::{Served, served};
@@ -114,10 +123,10 @@ pub fn deployment_trigger() -> Changes<Deployment, (Served, Option<String>, Vec<
 }
 
 /// What an agent's pod says: readiness, deletion, served and rejected.
-type AgentReport = (bool, bool, Option<String>, Option<(String, String)>);
+type AgentSays = (bool, bool, Option<String>, Option<(String, String)>);
 
 /// An agent's pool is reconciled when what the agent reports changes.
-pub fn agent_trigger() -> Changes<Pod, AgentReport> {
+pub fn agent_trigger() -> Changes<Pod, AgentSays> {
     Changes::new(|pod| {
         let r = crate::agents::AgentReport::of(pod);
         (
@@ -141,11 +150,77 @@ pub fn config_map_event(event: Event<ConfigMap>) -> Option<ConfigMap> {
     }
 }
 
+/// The pools in `namespace` for which `names` is true.
+fn pools_where(
+    store: &Store<LoadBalancerPool>,
+    namespace: Option<String>,
+    names: impl Fn(&LoadBalancerPool) -> bool,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == namespace && names(p))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Pools whose backends are this Service's.
+pub fn pools_for_service(
+    store: &Store<LoadBalancerPool>,
+    svc: &Service,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let name = svc.name_any();
+    pools_where(store, svc.namespace(), |p| p.spec.backend.service == name)
+}
+
+/// Pools whose backends come from this EndpointSlice's Service.
+pub fn pools_for_slice(
+    store: &Store<LoadBalancerPool>,
+    slice: &EndpointSlice,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let Some(service) = slice.labels().get(SERVICE_NAME_LABEL).cloned() else {
+        return Vec::new();
+    };
+    pools_where(store, slice.namespace(), |p| {
+        p.spec.backend.service == service
+    })
+}
+
+/// Pools served by this Deployment.
+pub fn pools_for_deployment(
+    store: &Store<LoadBalancerPool>,
+    d: &Deployment,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let name = d.name_any();
+    pools_where(store, d.namespace(), |p| p.spec.haproxy.deployment == name)
+}
+
+/// The pool an agent's pod serves: its label names it.
+pub fn pool_of_agent(pod: &Pod) -> Option<ObjectRef<LoadBalancerPool>> {
+    let pool = pod.labels().get(POOL_LABEL)?;
+    Some(ObjectRef::new(pool).within(&pod.namespace()?))
+}
+
+/// Pools whose template is this ConfigMap (by its metadata).
+pub fn pools_for_template(
+    store: &Store<LoadBalancerPool>,
+    cm: &impl ResourceExt,
+) -> Vec<ObjectRef<LoadBalancerPool>> {
+    let name = cm.name_any();
+    pools_where(store, cm.namespace(), |p| {
+        p.spec
+            .template
+            .as_ref()
+            .is_some_and(|t| t.config_map == name)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::pool;
+    use crate::testing::{pool, slice};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::reflector::store;
     use lbpool_wire::config_hash;
     use std::collections::BTreeMap;
 
@@ -237,5 +312,67 @@ mod tests {
         let emptied = config_map("", &config_hash(text));
         assert!(config_map_event(Event::Apply(emptied)).is_some());
         assert!(config_map_event(Event::Delete(ours)).is_some());
+    }
+
+    fn store_with(pools: Vec<LoadBalancerPool>) -> Store<LoadBalancerPool> {
+        let (reader, mut writer) = store::<LoadBalancerPool>();
+        writer.apply_watcher_event(&Event::Init);
+        for p in pools {
+            writer.apply_watcher_event(&Event::InitApply(p));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        reader
+    }
+
+    #[test]
+    fn a_slice_maps_to_the_pools_of_its_service_in_its_namespace() {
+        let mut other_ns = pool();
+        other_ns.metadata.namespace = Some("other".into());
+        let mut other_svc = pool();
+        other_svc.metadata.name = Some("api".into());
+        other_svc.spec.backend.service = "api".into();
+        let store = store_with(vec![pool(), other_ns, other_svc]);
+        let refs = pools_for_slice(&store, &slice("webapp-abc", "http", 3000, &[]));
+        assert_eq!(refs, vec![ObjectRef::new("webapp").within("demo")]);
+    }
+
+    #[test]
+    fn a_slice_without_service_label_maps_to_nothing() {
+        let store = store_with(vec![pool()]);
+        let mut s = slice("x", "http", 3000, &[]);
+        s.metadata.labels = None;
+        assert!(pools_for_slice(&store, &s).is_empty());
+    }
+
+    #[test]
+    fn a_config_map_maps_to_the_pools_whose_template_it_holds() {
+        let mut templated = pool();
+        templated.spec.template = Some(lbpool_crds::TemplateRef {
+            config_map: "my-template".into(),
+            key: "haproxy.cfg.hbs".into(),
+        });
+        let mut plain = pool();
+        plain.metadata.name = Some("plain".into());
+        let store = store_with(vec![templated, plain]);
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some("my-template".into());
+        cm.metadata.namespace = Some("demo".into());
+        assert_eq!(
+            pools_for_template(&store, &cm),
+            vec![ObjectRef::new("webapp").within("demo")]
+        );
+        cm.metadata.namespace = Some("other".into());
+        assert!(pools_for_template(&store, &cm).is_empty());
+    }
+
+    #[test]
+    fn a_deployment_maps_to_the_pools_it_serves() {
+        let store = store_with(vec![pool()]);
+        let mut d = Deployment::default();
+        d.metadata.name = Some("haproxy".into());
+        d.metadata.namespace = Some("demo".into());
+        assert_eq!(pools_for_deployment(&store, &d).len(), 1);
+        d.metadata.name = Some("nginx".into());
+        assert!(pools_for_deployment(&store, &d).is_empty());
     }
 }
