@@ -106,34 +106,7 @@ fn lex(raw: &str) -> Result<(Vec<String>, Vec<String>), LexError> {
             }
             '\\' => {
                 in_word = true;
-                match chars.peek().copied() {
-                    Some('\t') => return Err(LexError::TabEscape),
-                    Some(e @ (' ' | '#' | '"' | '\'' | '\\')) => {
-                        chars.next();
-                        word.push(e);
-                    }
-                    Some('r' | 'n') => return Err(LexError::ControlCharacter),
-                    Some('t') => {
-                        chars.next();
-                        word.push('\t');
-                    }
-                    Some('x') => {
-                        chars.next();
-                        let hex: String = (0..2).filter_map(|_| chars.next()).collect();
-                        let byte =
-                            u8::from_str_radix(&hex, 16).map_err(|_| LexError::ControlCharacter)?;
-                        let decoded = char::from(byte);
-                        // Only printable ASCII may be written as an escape:
-                        // a decoded byte is never a control character or
-                        // half of a UTF-8 sequence.
-                        if !(decoded.is_ascii_graphic() || decoded == ' ') {
-                            return Err(LexError::ControlCharacter);
-                        }
-                        word.push(decoded);
-                    }
-                    // HAProxy keeps the backslash of any other escape.
-                    _ => word.push('\\'),
-                }
+                escape(&mut chars, &mut word)?;
             }
             // HAProxy expands variables outside single quotes, also unquoted;
             // a `$` that ends a word stays a `$` (a regex anchor).
@@ -160,6 +133,40 @@ fn lex(raw: &str) -> Result<(Vec<String>, Vec<String>), LexError> {
         words.push(word);
     }
     Ok((words, env))
+}
+
+/// The character after a backslash, decoded into `word` as HAProxy does.
+fn escape(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    word: &mut String,
+) -> Result<(), LexError> {
+    match chars.peek().copied() {
+        Some('\t') => return Err(LexError::TabEscape),
+        Some(e @ (' ' | '#' | '"' | '\'' | '\\')) => {
+            chars.next();
+            word.push(e);
+        }
+        Some('r' | 'n') => return Err(LexError::ControlCharacter),
+        Some('t') => {
+            chars.next();
+            word.push('\t');
+        }
+        Some('x') => {
+            chars.next();
+            let hex: String = (0..2).filter_map(|_| chars.next()).collect();
+            let byte = u8::from_str_radix(&hex, 16).map_err(|_| LexError::ControlCharacter)?;
+            let decoded = char::from(byte);
+            // Only printable ASCII may be written as an escape: a decoded
+            // byte is never a control character or half of a UTF-8 sequence.
+            if !(decoded.is_ascii_graphic() || decoded == ' ') {
+                return Err(LexError::ControlCharacter);
+            }
+            word.push(decoded);
+        }
+        // HAProxy keeps the backslash of any other escape.
+        _ => word.push('\\'),
+    }
+    Ok(())
 }
 
 /// The variable named after a `$` in double quotes: `${NAME}` or `$NAME`.

@@ -82,6 +82,27 @@ pub struct Writers {
     pub agents: reflector::store::Writer<Pod>,
 }
 
+/// A cache's writer: keeps what a watch event says.
+pub trait Keep<K> {
+    fn keep(&mut self, event: &Event<K>);
+}
+
+impl<K> Keep<K> for reflector::store::Writer<K>
+where
+    K: reflector::Lookup + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn keep(&mut self, event: &Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+impl Keep<EndpointSlice> for SliceIndexWriter {
+    fn keep(&mut self, event: &Event<EndpointSlice>) {
+        self.apply_watcher_event(event);
+    }
+}
+
 impl std::fmt::Debug for Caches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Caches")

@@ -262,7 +262,47 @@ pub fn build<S: Borrow<EndpointSlice>>(
     slices: &[S],
 ) -> Result<Model, InvalidPool> {
     let spec = &pool.spec;
-    // The API server guarantees both; they reach the config, so check anyway.
+    let pool_ref = pool_ref(pool)?;
+    if let Some(t) = spec
+        .template
+        .as_ref()
+        .filter(|t| t.config_map == pool.config_map_name())
+    {
+        return Err(InvalidPool::new(
+            reason::INVALID_SPEC,
+            format!(
+                "spec.haproxy.configMap: {:?} is also spec.template.configMap; the generated config would overwrite the template",
+                t.config_map
+            ),
+        ));
+    }
+    let frontend = Frontend {
+        port: tcp_port(spec.frontend.port, "frontend.port")?,
+    };
+    Ok(Model {
+        proxy: Proxy {
+            backend_name: format!("be_{}", pool_ref.name),
+            pool: pool_ref,
+            balance: spec.balance.keyword(),
+            health_check: health_check(spec)?,
+            sticky_session: sticky_session(spec)?,
+            stats: stats(spec, &frontend)?,
+            frontend,
+            timeouts: Timeouts {
+                connect: duration(&spec.timeouts.connect, "timeouts.connect")?,
+                client: duration(&spec.timeouts.client, "timeouts.client")?,
+                server: duration(&spec.timeouts.server, "timeouts.server")?,
+            },
+            runtime_api: (spec.reload.strategy == ReloadStrategy::InPlace)
+                .then_some(RUNTIME_API_SOCKET),
+        },
+        servers: servers(port, slices, spec.sticky_session.is_some()),
+    })
+}
+
+/// The pool's namespace and name. The API server guarantees both are DNS
+/// names; they reach the config, so they are checked anyway.
+fn pool_ref(pool: &LoadBalancerPool) -> Result<PoolRef, InvalidPool> {
     let name = pool.metadata.name.clone().unwrap_or_default();
     let namespace = pool.metadata.namespace.clone().unwrap_or_default();
     if !syntax::is_dns_subdomain(&name) || !syntax::is_dns_label(&namespace) {
@@ -280,94 +320,57 @@ pub fn build<S: Borrow<EndpointSlice>>(
             ),
         ));
     }
+    Ok(PoolRef { name, namespace })
+}
 
-    if let Some(t) = spec
-        .template
-        .as_ref()
-        .filter(|t| t.config_map == pool.config_map_name())
-    {
-        return Err(InvalidPool::new(
-            reason::INVALID_SPEC,
-            format!(
-                "spec.haproxy.configMap: {:?} is also spec.template.configMap; the generated config would overwrite the template",
-                t.config_map
-            ),
+fn health_check(spec: &LoadBalancerPoolSpec) -> Result<Option<HttpCheck>, InvalidPool> {
+    let Some(hc) = &spec.health_check else {
+        return Ok(None);
+    };
+    Ok(Some(HttpCheck {
+        method: hc.method.as_str(),
+        path: checked(
+            &hc.path,
+            "healthCheck.path",
+            syntax::is_http_path,
+            "an HTTP path",
+        )?,
+        interval: duration(&hc.interval, "healthCheck.interval")?,
+        rise: small(hc.rise, "healthCheck.rise")?,
+        fall: small(hc.fall, "healthCheck.fall")?,
+    }))
+}
+
+fn sticky_session(spec: &LoadBalancerPoolSpec) -> Result<Option<StickySession>, InvalidPool> {
+    let Some(s) = &spec.sticky_session else {
+        return Ok(None);
+    };
+    let cookie = checked(
+        &s.cookie,
+        "stickySession.cookie",
+        syntax::is_cookie_name,
+        "a cookie name",
+    )?;
+    Ok(Some(StickySession { cookie }))
+}
+
+fn stats(spec: &LoadBalancerPoolSpec, frontend: &Frontend) -> Result<Option<Stats>, InvalidPool> {
+    let Some(s) = &spec.stats else {
+        return Ok(None);
+    };
+    let port = tcp_port(s.port, "stats.port")?;
+    if port == frontend.port {
+        return Err(InvalidPool::spec(
+            "stats.port",
+            port,
+            "different from frontend.port",
         ));
     }
-    let health_check = spec
-        .health_check
-        .as_ref()
-        .map(|hc| {
-            Ok::<_, InvalidPool>(HttpCheck {
-                method: hc.method.as_str(),
-                path: checked(
-                    &hc.path,
-                    "healthCheck.path",
-                    syntax::is_http_path,
-                    "an HTTP path",
-                )?,
-                interval: duration(&hc.interval, "healthCheck.interval")?,
-                rise: small(hc.rise, "healthCheck.rise")?,
-                fall: small(hc.fall, "healthCheck.fall")?,
-            })
-        })
-        .transpose()?;
-    let sticky_session = spec
-        .sticky_session
-        .as_ref()
-        .map(|s| {
-            checked(
-                &s.cookie,
-                "stickySession.cookie",
-                syntax::is_cookie_name,
-                "a cookie name",
-            )
-            .map(|cookie| StickySession { cookie })
-        })
-        .transpose()?;
-    let frontend = Frontend {
-        port: tcp_port(spec.frontend.port, "frontend.port")?,
-    };
-    let stats = spec
-        .stats
-        .as_ref()
-        .map(|s| {
-            let port = tcp_port(s.port, "stats.port")?;
-            if port == frontend.port {
-                return Err(InvalidPool::spec(
-                    "stats.port",
-                    port,
-                    "different from frontend.port",
-                ));
-            }
-            Ok(Stats {
-                port,
-                uri: checked(&s.uri, "stats.uri", syntax::is_http_path, "an HTTP path")?,
-                auth: s.auth_secret.is_some(),
-            })
-        })
-        .transpose()?;
-    let timeouts = Timeouts {
-        connect: duration(&spec.timeouts.connect, "timeouts.connect")?,
-        client: duration(&spec.timeouts.client, "timeouts.client")?,
-        server: duration(&spec.timeouts.server, "timeouts.server")?,
-    };
-
-    Ok(Model {
-        proxy: Proxy {
-            backend_name: format!("be_{name}"),
-            pool: PoolRef { name, namespace },
-            frontend,
-            balance: spec.balance.keyword(),
-            health_check,
-            sticky_session,
-            stats,
-            timeouts,
-            runtime_api: (spec.reload.strategy == ReloadStrategy::InPlace)
-                .then_some(RUNTIME_API_SOCKET),
-        },
-        servers: servers(port, slices, spec.sticky_session.is_some()),
-    })
+    Ok(Some(Stats {
+        port,
+        uri: checked(&s.uri, "stats.uri", syntax::is_http_path, "an HTTP path")?,
+        auth: s.auth_secret.is_some(),
+    }))
 }
 
 /// `spec.rollout.minInterval`, checked.
@@ -430,88 +433,128 @@ fn servers<S: Borrow<EndpointSlice>>(
     slices: &[S],
     sticky: bool,
 ) -> Vec<Server> {
-    // (address, port) -> (base name, zone, state); a BTreeMap makes the
-    // result independent of the order of slices and endpoints.
-    let mut endpoints: BTreeMap<(IpAddr, u16), (String, Option<String>, State)> = BTreeMap::new();
-    for slice in slices.iter().map(Borrow::borrow) {
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
-        }
-        let Some(number) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().filter(|n| !n.is_empty()) == port.name.as_deref())
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p > 0)
-        else {
-            continue;
-        };
-        for endpoint in slice.endpoints.iter().flatten() {
-            let state = state(endpoint);
-            if state == State::Out {
-                continue;
-            }
-            // Consumers use the first address only (EndpointSlice API contract).
-            let Some(address) = endpoint
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
-            let base = base_name(endpoint, address);
-            let zone = endpoint.zone.clone().filter(|z| is_label_value(z));
-            let entry = endpoints
-                .entry((address, number))
-                .or_insert((base.clone(), zone, state));
-            // Two slices may briefly list one endpoint; keep the smaller name
-            // and the better state so the choice does not depend on slice order.
-            if base < entry.0 {
-                entry.0 = base;
-            }
-            entry.2 = entry.2.min(state);
-        }
-    }
-
-    let any_ready = endpoints.values().any(|e| e.2 == State::Ready);
-    let mut by_name: Vec<(String, IpAddr, u16, Option<String>, bool)> = endpoints
+    let endpoints = endpoints(port, slices);
+    let any_ready = endpoints.values().any(|e| e.state == State::Ready);
+    let mut taking: Vec<Taking> = endpoints
         .into_iter()
-        .filter_map(|((address, port), (name, zone, state))| {
-            let draining = match state {
+        .filter_map(|((address, port), found)| {
+            let draining = match found.state {
                 State::Ready => false,
                 State::ServingTerminating if !any_ready => false,
                 State::ServingTerminating if sticky => true,
                 _ => return None,
             };
-            Some((name, address, port, zone, draining))
+            Some(Taking {
+                name: found.name,
+                address,
+                port,
+                zone: found.zone,
+                draining,
+            })
         })
         .collect();
-    by_name.sort();
+    taking.sort();
+    let mut servers = named(taking);
+    servers.sort();
+    servers
+}
 
+/// An endpoint as found in the slices.
+#[derive(Clone, Debug)]
+struct Found {
+    /// The name of its server, before duplicates are numbered.
+    name: String,
+    zone: Option<String>,
+    state: State,
+}
+
+/// An endpoint that gets traffic, in the order servers are named.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Taking {
+    name: String,
+    address: IpAddr,
+    port: u16,
+    zone: Option<String>,
+    draining: bool,
+}
+
+/// Every endpoint on the backend port, by address and port; a BTreeMap
+/// makes the result independent of the order of slices and endpoints.
+fn endpoints<S: Borrow<EndpointSlice>>(
+    port: &BackendPort,
+    slices: &[S],
+) -> BTreeMap<(IpAddr, u16), Found> {
+    let mut endpoints: BTreeMap<(IpAddr, u16), Found> = BTreeMap::new();
+    for slice in slices.iter().map(Borrow::borrow) {
+        let Some(number) = slice_port(slice, port) else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            let state = state(endpoint);
+            // Consumers use the first address only (EndpointSlice API contract).
+            let address = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            let (Some(address), false) = (address, state == State::Out) else {
+                continue;
+            };
+            let name = base_name(endpoint, address);
+            let zone = endpoint.zone.clone().filter(|z| is_label_value(z));
+            let entry = endpoints.entry((address, number)).or_insert(Found {
+                name: name.clone(),
+                zone,
+                state,
+            });
+            // Two slices may briefly list one endpoint; keep the smaller name
+            // and the better state so the choice does not depend on slice order.
+            if name < entry.name {
+                entry.name = name;
+            }
+            entry.state = entry.state.min(state);
+        }
+    }
+    endpoints
+}
+
+/// The number of the backend port in `slice`, if it is an IP slice that has it.
+fn slice_port(slice: &EndpointSlice, port: &BackendPort) -> Option<u16> {
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+        return None;
+    }
+    slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref().filter(|n| !n.is_empty()) == port.name.as_deref())
+        .and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+}
+
+/// Servers named after their endpoints; a name taken already gets `-2`,
+/// `-3` … in the order given.
+fn named(taking: Vec<Taking>) -> Vec<Server> {
     let mut taken = BTreeSet::new();
-    let mut servers: Vec<Server> = by_name
+    taking
         .into_iter()
-        .map(|(base, address, port, zone, draining)| {
-            let mut name = base.clone();
+        .map(|t| {
+            let mut name = t.name.clone();
             let mut n = 2;
             while !taken.insert(name.clone()) {
-                name = format!("{base}-{n}");
+                name = format!("{}-{n}", t.name);
                 n += 1;
             }
             Server {
                 cookie: name.clone(),
                 name,
-                address: address.to_string(),
-                port,
-                zone,
-                draining,
+                address: t.address.to_string(),
+                port: t.port,
+                zone: t.zone,
+                draining: t.draining,
             }
         })
-        .collect();
-    servers.sort();
-    servers
+        .collect()
 }
 
 /// What an endpoint is good for; the order is preference.

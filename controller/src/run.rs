@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Health, Role};
 use crate::agents;
-use crate::cache::{self, Caches, SERVICE_NAME_LABEL, Writers};
+use crate::cache::{self, Caches, Keep, SERVICE_NAME_LABEL, Writers};
 use crate::leader::{Candidate, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
@@ -172,8 +172,6 @@ enum Stop {
     Deposed,
 }
 
-/// Runs the controller until SIGTERM or SIGINT. With leader election, waits
-/// for the Lease first, and exits with an error if it loses it.
 /// The config checker and its `haproxy -v`: the checker service when one
 /// is named (waited for a while: its container may start after this one),
 /// else `haproxy` in this container.
@@ -204,24 +202,14 @@ async fn checker(args: &Args) -> anyhow::Result<(Box<dyn Validator>, String)> {
     }
 }
 
+/// Runs the controller until SIGTERM or SIGINT. With leader election, waits
+/// for the Lease first, and exits with an error if it loses it.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format, "info,kube=warn");
     let (validator, version) = checker(&args).await?;
     info!(%version, checker = ?args.checker_socket, "configs are checked by the allowlist and haproxy -c");
-
     let metrics = Metrics::default();
-    let config = kube::Config::infer()
-        .await
-        .context("no Kubernetes client configuration")?;
-    let counted = metrics.clone();
-    let count = move |request: http::Request<kube::client::Body>| {
-        counted.api_request(&request);
-        request
-    };
-    let client = kube::client::ClientBuilder::try_from(config)
-        .context("Kubernetes client")?
-        .with_layer(&tower::util::MapRequestLayer::new(count))
-        .build();
+    let client = client(&metrics).await?;
     let health = Health::new(metrics.clone());
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(admin::serve(
@@ -237,31 +225,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut candidate = None;
     if args.leader_election {
-        let config = LeaseConfig {
-            name: args.lease_name.clone(),
-            namespace: args
-                .lease_namespace
-                .clone()
-                .unwrap_or_else(|| client.default_namespace().to_owned()),
-            identity: identity.clone(),
-            duration: Duration::from_secs(args.lease_duration_seconds),
+        let Some(elected) = elect(&args, &client, &health, &identity, signal.clone()).await? else {
+            return stop_admin_server(stop_admin, admin).await;
         };
-        let mut c = Candidate::join(client.clone(), &config).await?;
-        health.set(Role::Standby);
-        info!(lease = %format!("{}/{}", config.namespace, config.name), identity = c.identity(), "standby: waiting for the leader Lease");
-        tokio::select! {
-            elected = c.elected() => elected?,
-            () = signal.clone() => {
-                info!("shutting down before leading");
-                c.resign().await;
-                return stop_admin_server(stop_admin, admin).await;
-            }
-        }
-        info!(identity = c.identity(), "elected leader");
-        candidate = Some(c);
+        candidate = Some(elected);
     }
     health.set(Role::Syncing);
-
     let deposed = {
         let candidate = candidate.as_mut();
         async move {
@@ -280,16 +249,64 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(c) = candidate {
         c.resign().await;
     }
+    let stopped = stop_admin_server(stop_admin, admin).await;
     match stop {
         Stop::Signal => {
             info!("shutting down");
-            stop_admin_server(stop_admin, admin).await
+            stopped
         }
         Stop::Deposed => {
-            let _ = stop_admin_server(stop_admin, admin).await;
             anyhow::bail!("lost the leader Lease; exiting to rejoin the election with fresh caches")
         }
     }
+}
+
+/// The Kubernetes client, every request counted by verb.
+async fn client(metrics: &Metrics) -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes client configuration")?;
+    let counted = metrics.clone();
+    let count = move |request: http::Request<kube::client::Body>| {
+        counted.api_request(&request);
+        request
+    };
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .context("Kubernetes client")?
+        .with_layer(&tower::util::MapRequestLayer::new(count))
+        .build())
+}
+
+/// Waits for the leader Lease, as a standby; `None` if `signal` came first.
+async fn elect(
+    args: &Args,
+    client: &Client,
+    health: &Health,
+    identity: &str,
+    signal: impl Future<Output = ()>,
+) -> anyhow::Result<Option<Candidate>> {
+    let config = LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned()),
+        identity: identity.to_owned(),
+        duration: Duration::from_secs(args.lease_duration_seconds),
+    };
+    let mut c = Candidate::join(client.clone(), &config).await?;
+    health.set(Role::Standby);
+    info!(lease = %format!("{}/{}", config.namespace, config.name), identity = c.identity(), "standby: waiting for the leader Lease");
+    tokio::select! {
+        elected = c.elected() => elected?,
+        () = signal => {
+            info!("shutting down before leading");
+            c.resign().await;
+            return Ok(None);
+        }
+    }
+    info!(identity = c.identity(), "elected leader");
+    Ok(Some(c))
 }
 
 async fn stop_admin_server(
@@ -321,7 +338,6 @@ async fn controller(
     let ns = args.namespace.as_deref();
     let (caches, writers) = Caches::new();
     let watches = Watches::new(&client, ns, writers);
-    let namespace_watch = watches.namespaces.for_each(|_| std::future::ready(()));
     let ctx = Arc::new(Context::new(
         client,
         validator,
@@ -329,26 +345,9 @@ async fn controller(
         metrics,
         caches.clone(),
     ));
-    let store = caches.pools.clone();
-    let (service_store, slice_store, deployment_store, template_store) =
-        (store.clone(), store.clone(), store.clone(), store.clone());
-    let controller = Controller::for_stream(watches.pools, store)
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-        .owns_stream(watches.config_maps)
-        .watches_stream(watches.services, move |svc| {
-            triggers::pools_for_service(&service_store, &svc)
-        })
-        .watches_stream(watches.slices, move |slice| {
-            triggers::pools_for_slice(&slice_store, &slice)
-        })
-        .watches_stream(watches.deployments, move |d| {
-            triggers::pools_for_deployment(&deployment_store, &d)
-        })
-        .watches_stream(watches.config_map_names, move |cm| {
-            triggers::pools_for_template(&template_store, &cm)
-        })
-        .watches_stream(watches.agents, |pod| triggers::pool_of_agent(&pod))
-        .graceful_shutdown_on(shutdown);
+    let (controller, namespaces) = wire(watches, caches.pools.clone(), args.concurrency);
+    let controller = controller.graceful_shutdown_on(shutdown);
+    let namespace_watch = namespaces.for_each(|_| std::future::ready(()));
 
     let synced = async move {
         caches.synced().await;
@@ -369,6 +368,37 @@ async fn controller(
         () = reconciles => {}
         ((), ()) = futures::future::join(namespace_watch, synced) => {}
     }
+}
+
+/// The pool controller: its own watches, and every other watch mapped to
+/// the pools it concerns; and the namespace watch, which triggers nothing.
+fn wire(
+    watches: Watches,
+    store: kube::runtime::reflector::Store<LoadBalancerPool>,
+    concurrency: u16,
+) -> (
+    Controller<LoadBalancerPool>,
+    Events<PartialObjectMeta<Namespace>>,
+) {
+    let (service_store, slice_store, deployment_store, template_store) =
+        (store.clone(), store.clone(), store.clone(), store.clone());
+    let controller = Controller::for_stream(watches.pools, store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .owns_stream(watches.config_maps)
+        .watches_stream(watches.services, move |svc| {
+            triggers::pools_for_service(&service_store, &svc)
+        })
+        .watches_stream(watches.slices, move |slice| {
+            triggers::pools_for_slice(&slice_store, &slice)
+        })
+        .watches_stream(watches.deployments, move |d| {
+            triggers::pools_for_deployment(&deployment_store, &d)
+        })
+        .watches_stream(watches.config_map_names, move |cm| {
+            triggers::pools_for_template(&template_store, &cm)
+        })
+        .watches_stream(watches.agents, |pod| triggers::pool_of_agent(&pod));
+    (controller, watches.namespaces)
 }
 
 /// What the controller does with a reconcile's outcome.
@@ -421,56 +451,42 @@ struct Watches {
 
 impl Watches {
     fn new(client: &Client, ns: Option<&str>, writers: Writers) -> Self {
-        let Writers {
-            pools: mut pool_cache,
-            services: mut service_cache,
-            slices: mut slice_cache,
-            deployments: mut deployment_cache,
-            config_maps: mut config_map_cache,
-            config_map_names: mut name_cache,
-            namespaces: mut namespace_cache,
-            agents: mut agent_cache,
-        } = writers;
         let all = watcher::Config::default;
         let namespaces = match ns {
             Some(ns) => all().fields(&format!("metadata.name={ns}")),
             None => all(),
         };
         let generated = all().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+        let w = writers;
+        let (service, slice) = (all(), all().labels(SERVICE_NAME_LABEL));
         Self {
             namespaces: watch(
                 Api::all(client.clone()),
                 namespaces,
                 cache::slim_namespace,
-                move |e| namespace_cache.apply_watcher_event(e),
+                w.namespaces,
             ),
             pools: triggered(
                 "pools",
-                watch(api(client, ns), all(), cache::slim_pool, move |e| {
-                    pool_cache.apply_watcher_event(e);
-                }),
+                watch(api(client, ns), all(), cache::slim_pool, w.pools),
                 triggers::pool_trigger(),
             ),
             services: touched(
                 "services",
-                watch(api(client, ns), all(), cache::slim_service, move |e| {
-                    service_cache.apply_watcher_event(e);
-                }),
+                watch(api(client, ns), service, cache::slim_service, w.services),
             ),
             slices: touched(
                 "endpointslices",
-                watch(
-                    api(client, ns),
-                    all().labels(SERVICE_NAME_LABEL),
-                    cache::slim_slice,
-                    move |e| slice_cache.apply_watcher_event(e),
-                ),
+                watch(api(client, ns), slice, cache::slim_slice, w.slices),
             ),
             deployments: triggered(
                 "deployments",
-                watch(api(client, ns), all(), cache::slim_deployment, move |e| {
-                    deployment_cache.apply_watcher_event(e);
-                }),
+                watch(
+                    api(client, ns),
+                    all(),
+                    cache::slim_deployment,
+                    w.deployments,
+                ),
                 triggers::deployment_trigger(),
             ),
             config_maps: filtered(
@@ -479,17 +495,18 @@ impl Watches {
                     api(client, ns),
                     generated,
                     cache::slim_config_map,
-                    move |e| {
-                        config_map_cache.apply_watcher_event(e);
-                    },
+                    w.config_maps,
                 ),
                 triggers::config_map_event,
             ),
             config_map_names: touched(
                 "configmaps",
-                watch(api(client, ns), all(), cache::slim_names, move |e| {
-                    name_cache.apply_watcher_event(e);
-                }),
+                watch(
+                    api(client, ns),
+                    all(),
+                    cache::slim_names,
+                    w.config_map_names,
+                ),
             ),
             agents: triggered(
                 "agent pods",
@@ -497,7 +514,7 @@ impl Watches {
                     api(client, ns),
                     all().labels(POOL_LABEL),
                     agents::slim_pod,
-                    move |e| agent_cache.apply_watcher_event(e),
+                    w.agents,
                 ),
                 triggers::agent_trigger(),
             ),
@@ -506,13 +523,13 @@ impl Watches {
 }
 
 /// One watch: lists and watches `api`, retrying on [`WatchBackoff`];
-/// each object slimmed to what the controller reads, then kept (`keep`:
-/// a cache's writer) before it is passed on.
+/// each object slimmed to what the controller reads, then kept in its
+/// cache before it is passed on.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     slim: fn(&mut K),
-    mut keep: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    mut cache: impl Keep<K> + Send + 'static,
 ) -> Events<K>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -521,7 +538,7 @@ where
         .backoff(WatchBackoff::default())
         .modify(slim)
         .map_ok(move |event| {
-            keep(&event);
+            cache.keep(&event);
             event
         })
         .boxed()

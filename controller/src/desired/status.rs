@@ -114,6 +114,19 @@ fn ready_condition(
             ),
         );
     }
+    serving_condition(pool, config, deployment, served, ready_backends)
+}
+
+/// `Ready` of a pool with backends and a Deployment: what its HAProxy pods
+/// serve.
+fn serving_condition(
+    pool: &LoadBalancerPool,
+    config: &RenderedConfig,
+    deployment: &DeploymentState,
+    served: Option<&Served>,
+    ready_backends: i32,
+) -> Desired {
+    let not_ready = |reason, message| Desired::new(kind::READY, false, reason, message);
     match served {
         Some(Served {
             refused: Some((pod, message)),
