@@ -94,39 +94,9 @@ fn ready_condition(
     served: Option<&Served>,
     ready_backends: i32,
 ) -> Desired {
-    let not_ready = |reason, message| Desired::new(kind::READY, false, reason, message);
-    if *deployment == DeploymentState::Missing {
-        return not_ready(
-            reason::DEPLOYMENT_NOT_FOUND,
-            format!(
-                "spec.haproxy.deployment: Deployment {} not found; the config is published in ConfigMap {}",
-                pool.spec.haproxy.deployment,
-                pool.config_map_name()
-            ),
-        );
+    if let Some(blocked) = blocked(pool, deployment, ready_backends) {
+        return blocked;
     }
-    if ready_backends == 0 {
-        return not_ready(
-            reason::NO_READY_BACKENDS,
-            format!(
-                "Service {} has no ready endpoints",
-                pool.spec.backend.service
-            ),
-        );
-    }
-    serving_condition(pool, config, deployment, served, ready_backends)
-}
-
-/// `Ready` of a pool with backends and a Deployment: what its HAProxy pods
-/// serve.
-fn serving_condition(
-    pool: &LoadBalancerPool,
-    config: &RenderedConfig,
-    deployment: &DeploymentState,
-    served: Option<&Served>,
-    ready_backends: i32,
-) -> Desired {
-    let not_ready = |reason, message| Desired::new(kind::READY, false, reason, message);
     match served {
         Some(Served {
             refused: Some((pod, message)),
@@ -163,6 +133,37 @@ fn serving_condition(
             ),
         ),
     }
+}
+
+/// `Ready=False` when nothing can serve: no Deployment, or no backend.
+fn blocked(
+    pool: &LoadBalancerPool,
+    deployment: &DeploymentState,
+    ready_backends: i32,
+) -> Option<Desired> {
+    if *deployment == DeploymentState::Missing {
+        return Some(not_ready(
+            reason::DEPLOYMENT_NOT_FOUND,
+            format!(
+                "spec.haproxy.deployment: Deployment {} not found; the config is published in ConfigMap {}",
+                pool.spec.haproxy.deployment,
+                pool.config_map_name()
+            ),
+        ));
+    }
+    (ready_backends == 0).then(|| {
+        not_ready(
+            reason::NO_READY_BACKENDS,
+            format!(
+                "Service {} has no ready endpoints",
+                pool.spec.backend.service
+            ),
+        )
+    })
+}
+
+fn not_ready(reason: &'static str, message: String) -> Desired {
+    Desired::new(kind::READY, false, reason, message)
 }
 
 /// `ConfigValid`: the config passed the allowlist and `haproxy -c`.
