@@ -31,9 +31,10 @@ pub mod run;
 pub mod strategy;
 pub mod triggers;
 
-#[cfg(test)]
-mod golden;
-#[cfg(test)]
-mod testing;
+/// Fixtures of the controller's tests (feature `testing`): pools,
+/// Services, EndpointSlices and models, shared by the unit, golden and
+/// mock-API tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::Error;

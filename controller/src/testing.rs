@@ -120,20 +120,6 @@ pub fn model_with_servers(n: usize) -> Model {
     model::build(&pool(), &port, &slices_with(n)).expect("the default pool is valid")
 }
 
-/// The validator the tests use: Debian's `haproxy`, or `$HAPROXY_BIN`.
-pub fn haproxy() -> lbpool_checker::HaproxyValidator {
-    let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
-    let ok = std::process::Command::new(&bin)
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "these tests run the real HAProxy, and `{bin} -v` failed: install it (apt-get install haproxy) or set HAPROXY_BIN"
-    );
-    lbpool_checker::HaproxyValidator::new(bin)
-}
-
 /// Marks the endpoint of pod `pod` in `slice` terminating, serving or not.
 pub fn terminating(slice: &mut EndpointSlice, pod: &str, serving: bool) {
     for e in slice.endpoints.iter_mut().flatten() {

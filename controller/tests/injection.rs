@@ -122,11 +122,9 @@ prop_compose! {
         name in or_hostile("[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?){0,3}"),
         namespace in or_hostile("[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"),
     ) -> LoadBalancerPool {
-        let mut pool: LoadBalancerPool = serde_json::from_value(serde_json::json!({
-            "apiVersion": "lbpool.dev/v1alpha1", "kind": "LoadBalancerPool",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"backend": {"service": "webapp"}, "haproxy": {"deployment": "haproxy"}}
-        })).expect("pool");
+        let mut pool = lbpool_controller::testing::pool();
+        pool.metadata.name = Some(name);
+        pool.metadata.namespace = Some(namespace);
         let spec = &mut pool.spec;
         spec.balance = balance;
         spec.frontend.port = frontend;

@@ -22,6 +22,7 @@ use lbpool_controller::metrics::Metrics;
 use lbpool_controller::model;
 use lbpool_controller::reconcile::{Context, reconcile};
 use lbpool_controller::render::{Renderer, Template};
+use lbpool_controller::testing::{self, pool};
 use lbpool_crds::LoadBalancerPool;
 use lbpool_wire::{
     CONFIG_HASH_ANNOTATION, CONFIG_KEY, FIELD_MANAGER, MANAGED_BY_LABEL, POOL_CLAIM_ANNOTATION,
@@ -289,32 +290,15 @@ async fn run_for(
     (sent, action)
 }
 
-fn pool() -> LoadBalancerPool {
-    serde_json::from_value(json!({
-        "apiVersion": "lbpool.dev/v1alpha1",
-        "kind": "LoadBalancerPool",
-        "metadata": {"name": "webapp", "namespace": "demo", "uid": "00000000-0000-0000-0000-000000000001", "generation": 1},
-        "spec": {"backend": {"service": "webapp"}, "haproxy": {"deployment": "haproxy"}}
-    }))
-    .expect("pool")
-}
-
 fn service() -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webapp", "namespace": "demo"},
-           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 3000}]}})
+    serde_json::to_value(testing::service(&[("http", 80)])).expect("service json")
 }
 
+/// One slice of ready endpoints `(address, pod)`.
 fn slice_with(addresses: &[(&str, &str)]) -> Value {
-    let endpoints: Vec<Value> = addresses
-        .iter()
-        .map(|(address, pod)| {
-            json!({"addresses": [address], "conditions": {"ready": true},
-                                     "targetRef": {"kind": "Pod", "name": pod}})
-        })
-        .collect();
-    json!({"metadata": {"name": "webapp-x", "namespace": "demo", "labels": {"kubernetes.io/service-name": "webapp"}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": 3000}],
-           "endpoints": endpoints})
+    let endpoints: Vec<(&str, &str, bool)> =
+        addresses.iter().map(|(a, p)| (*a, *p, true)).collect();
+    serde_json::to_value(testing::slice("webapp-x", "http", 3000, &endpoints)).expect("slice json")
 }
 
 fn slices() -> Value {
@@ -657,7 +641,7 @@ fn own_config_map(hash: &str, text: &str) -> Value {
                         "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, POOL_LABEL: "webapp"},
                         "annotations": {CONFIG_HASH_ANNOTATION: hash},
                         "ownerReferences": [{"apiVersion": "lbpool.dev/v1alpha1", "kind": "LoadBalancerPool",
-                                             "name": "webapp", "uid": "00000000-0000-0000-0000-000000000001",
+                                             "name": "webapp", "uid": pool().metadata.uid,
                                              "controller": true}]},
            "data": {CONFIG_KEY: text}})
 }

@@ -3,6 +3,7 @@
 //! HAProxy Deployment and its ReplicaSets.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -13,9 +14,60 @@ use kube::api::{Patch, PatchParams};
 use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
 use lbpool_wire::{CONFIG_HASH_ANNOTATION, CONFIG_KEY};
 
-use crate::{admin_client, apply_yaml, eventually, kubectl, repo};
+use crate::{
+    ControllerProcess, TestNamespace, admin_client, apply_yaml, eventually, kubectl, repo,
+    scratch_dir,
+};
 
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The demo's objects: the webapp, the HAProxy Deployment, the example pool.
+pub const DEMO: [&str; 3] = ["webapp.yaml", "haproxy.yaml", "pool.yaml"];
+
+/// The setup of the tier tests: a namespace holding demo objects, a
+/// controller watching it whose log is printed if the test fails, and
+/// typed access to the namespace.
+#[derive(Debug)]
+pub struct Demo {
+    /// Dropped first: stopped before its namespace goes.
+    pub controller: ControllerProcess,
+    pub env: Env,
+    pub ns: TestNamespace,
+    /// The test's scratch directory (the controller's kubeconfig and log).
+    pub dir: PathBuf,
+}
+
+impl Demo {
+    /// `files` of `manifests/demo/` in a new namespace `lbpool-<prefix>-…`,
+    /// and a controller for it (the in-cluster one, against kind).
+    pub async fn start(prefix: &str, files: &[&str]) -> Self {
+        Self::start_with(prefix, files, |_| {}, ControllerProcess::start).await
+    }
+
+    /// The same with a local controller given `args` (which include
+    /// `--admin-addr`); `before` runs once the demo objects exist, before
+    /// the controller starts.
+    pub async fn start_with(
+        prefix: &str,
+        files: &[&str],
+        before: impl FnOnce(&str),
+        controller: impl FnOnce(&str, &std::path::Path) -> ControllerProcess,
+    ) -> Self {
+        let mut ns = TestNamespace::create(prefix);
+        apply_demo(&ns.name, files);
+        before(&ns.name);
+        let dir = scratch_dir(&ns.name);
+        let controller = controller(&ns.name, &dir);
+        ns.keep_log(controller.log_path());
+        let env = Env::new(&ns.name).await;
+        Self {
+            ns,
+            env,
+            controller,
+            dir,
+        }
+    }
+}
 
 /// Typed access to one test namespace.
 #[derive(Debug)]

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use lbpool_tests::demo::{Env, apply_demo, scale};
-use lbpool_tests::{ControllerProcess, TestNamespace, repo, scratch_dir};
+use lbpool_tests::demo::{DEMO, Demo, scale};
+use lbpool_tests::{ControllerProcess, repo};
 
 #[tokio::test]
 async fn the_controller_resumes_after_an_api_server_restart() {
@@ -12,11 +12,12 @@ async fn the_controller_resumes_after_an_api_server_restart() {
         eprintln!("in-cluster run: the API server of a kind cluster is not restarted by the tests");
         return;
     }
-    let mut ns = TestNamespace::create("apirestart");
-    apply_demo(&ns.name, &["webapp.yaml", "haproxy.yaml", "pool.yaml"]);
-    let controller = ControllerProcess::start(&ns.name, &scratch_dir(&ns.name));
-    ns.keep_log(controller.log_path());
-    let env = Env::new(&ns.name).await;
+    let Demo {
+        ns,
+        env,
+        controller,
+        ..
+    } = Demo::start("apirestart", &DEMO).await;
     env.converged(2).await;
 
     let status = Command::new("bash")

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use lbpool_tests::dataplane::{HaproxyPod, Network};
-use lbpool_tests::demo::{Env, WAIT, apply_demo, scale};
+use lbpool_tests::demo::{DEMO, Demo, Env, WAIT, scale};
 use lbpool_tests::{ControllerProcess, TestNamespace, eventually, kubectl, scratch_dir};
 
 /// A server line of the config: (name, address, port).
@@ -80,13 +80,18 @@ struct Plane {
 }
 
 async fn plane(prefix: &str, replicas: u32) -> Plane {
-    let mut ns = TestNamespace::create(prefix);
-    apply_demo(&ns.name, &["webapp.yaml", "haproxy.yaml", "pool.yaml"]);
-    scale(&ns.name, replicas);
-    let dir = scratch_dir(&ns.name);
-    let controller = ControllerProcess::start(&ns.name, &dir);
-    ns.keep_log(controller.log_path());
-    let env = Env::new(&ns.name).await;
+    let Demo {
+        ns,
+        env,
+        controller,
+        dir,
+    } = Demo::start_with(
+        prefix,
+        &DEMO,
+        |ns| scale(ns, replicas),
+        ControllerProcess::start,
+    )
+    .await;
     env.converged(replicas as usize).await;
     let mut net = Network::create(dir);
     let config = published(&env).await;

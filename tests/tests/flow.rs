@@ -4,18 +4,18 @@
 
 use std::time::Duration;
 
-use lbpool_tests::demo::{Env, WAIT, apply_demo, make_one_pod_not_ready, scale};
-use lbpool_tests::{ControllerProcess, TestNamespace, eventually, kubectl, scratch_dir};
+use lbpool_tests::demo::{DEMO, Demo, WAIT, make_one_pod_not_ready, scale};
+use lbpool_tests::{ControllerProcess, eventually, kubectl};
 
 #[tokio::test]
 async fn scaling_the_webapp_keeps_haproxy_in_step() {
-    let mut ns = TestNamespace::create("flow");
+    let Demo {
+        mut ns,
+        env,
+        controller,
+        dir,
+    } = Demo::start("flow", &DEMO).await;
     let n = ns.name.clone();
-    apply_demo(&n, &["webapp.yaml", "haproxy.yaml", "pool.yaml"]);
-    let dir = scratch_dir(&n);
-    let controller = ControllerProcess::start(&n, &dir);
-    ns.keep_log(controller.log_path());
-    let env = Env::new(&n).await;
 
     // The example webapp starts with 2 replicas; `kubectl wait` works on pools.
     let first = env.converged(2).await;

@@ -3,20 +3,8 @@
 
 use std::time::Duration;
 
-use lbpool_tests::demo::{Env, WAIT, apply_demo, scale};
-use lbpool_tests::{
-    ControllerProcess, TestNamespace, apply_yaml, eventually, kubectl, scratch_dir,
-};
-
-/// A namespace with the demo workload and a controller watching it.
-async fn setup(prefix: &str, files: &[&str]) -> (TestNamespace, Env, ControllerProcess) {
-    let mut ns = TestNamespace::create(prefix);
-    apply_demo(&ns.name, files);
-    let controller = ControllerProcess::start(&ns.name, &scratch_dir(&ns.name));
-    ns.keep_log(controller.log_path());
-    let env = Env::new(&ns.name).await;
-    (ns, env, controller)
-}
+use lbpool_tests::demo::{DEMO, Demo, Env, WAIT, apply_demo, scale};
+use lbpool_tests::{ControllerProcess, apply_yaml, eventually, kubectl, scratch_dir};
 
 fn template_config_map(body: &str) -> String {
     let indented: String = body.lines().map(|l| format!("    {l}\n")).collect();
@@ -83,7 +71,12 @@ async fn deployment_generation(env: &Env) -> i64 {
 
 #[tokio::test]
 async fn a_config_haproxy_rejects_is_never_published() {
-    let (ns, env, controller) = setup("gate", &["webapp.yaml", "haproxy.yaml"]).await;
+    let Demo {
+        ns,
+        env,
+        controller,
+        ..
+    } = Demo::start("gate", &["webapp.yaml", "haproxy.yaml"]).await;
     let n = ns.name.clone();
     apply_yaml(&n, &template_config_map(GOOD_TEMPLATE)).expect("template");
     apply_yaml(&n, &pool_with("  template: {configMap: tpl}\n")).expect("pool");
@@ -186,7 +179,12 @@ fn accepted_but_invalid() -> Vec<(
 
 #[tokio::test]
 async fn bad_input_the_api_accepts_is_reported_and_changes_nothing_else() {
-    let (ns, env, _controller) = setup("badinput", &["webapp.yaml", "haproxy.yaml"]).await;
+    let Demo {
+        ns,
+        env,
+        controller: _controller,
+        ..
+    } = Demo::start("badinput", &["webapp.yaml", "haproxy.yaml"]).await;
     let n = ns.name.clone();
     apply_yaml(&n, &template_config_map(GOOD_TEMPLATE)).expect("template");
     let extra_objects = "\
@@ -256,8 +254,12 @@ data: {haproxy.cfg.hbs: \"defaults\\n  mode http\\n\"}
 
 #[tokio::test]
 async fn a_scaling_burst_rolls_at_most_once_per_interval() {
-    let (ns, env, _controller) =
-        setup("burst", &["webapp.yaml", "haproxy.yaml", "pool.yaml"]).await;
+    let Demo {
+        ns,
+        env,
+        controller: _controller,
+        ..
+    } = Demo::start("burst", &DEMO).await;
     scale(&ns.name, 1);
     env.converged(1).await;
     // Let the interval of the last rollout pass, as between two real bursts.
@@ -302,8 +304,12 @@ fn assert_rate_limited(what: &str, rollouts: i64, elapsed: Duration) {
 
 #[tokio::test]
 async fn faults_are_survived() {
-    let (ns, env, controller) =
-        setup("faults", &["webapp.yaml", "haproxy.yaml", "pool.yaml"]).await;
+    let Demo {
+        ns,
+        env,
+        controller,
+        ..
+    } = Demo::start("faults", &DEMO).await;
     let n = ns.name.clone();
     let hash = env.converged(2).await;
     let published = config_text(&env, "webapp-haproxy").await.expect("config");
@@ -418,7 +424,12 @@ fn pool_writing(name: &str, config_map: &str) -> String {
 
 #[tokio::test]
 async fn a_config_map_or_deployment_that_is_not_the_pools_is_never_taken() {
-    let (ns, env, _controller) = setup("owner", &["webapp.yaml", "haproxy.yaml"]).await;
+    let Demo {
+        ns,
+        env,
+        controller: _controller,
+        ..
+    } = Demo::start("owner", &["webapp.yaml", "haproxy.yaml"]).await;
     let n = ns.name.clone();
     // 1. A ConfigMap the user already had.
     let precious =
@@ -646,8 +657,12 @@ fn hostile_templates(
 
 #[tokio::test]
 async fn hostile_templates_are_refused_and_reveal_nothing() {
-    let (ns, env, controller) =
-        setup("hostile", &["webapp.yaml", "haproxy.yaml", "pool.yaml"]).await;
+    let Demo {
+        ns,
+        env,
+        controller,
+        ..
+    } = Demo::start("hostile", &DEMO).await;
     let n = ns.name.clone();
     env.converged(2).await;
     let scratch = scratch_dir(&n);

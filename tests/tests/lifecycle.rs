@@ -8,7 +8,7 @@ use lbpool_crds::LoadBalancerPool;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lbpool_tests::demo::{Env, WAIT, apply_demo, scale};
+use lbpool_tests::demo::{DEMO, Demo, Env, WAIT, apply_demo, scale};
 use lbpool_tests::{
     ControllerProcess, TestNamespace, admin_get, apply_yaml, eventually, free_local_addr, kubectl,
     metric, metrics_text, rss_kib, scratch_dir,
@@ -29,18 +29,25 @@ fn pool(name: &str, service: &str, deployment: &str) -> String {
 
 #[tokio::test]
 async fn deleting_pools_and_their_namespace_is_quiet() {
-    let mut ns = TestNamespace::create("quiet");
-    let n = ns.name.clone();
-    apply_demo(&n, &["webapp.yaml", "haproxy.yaml", "pool.yaml"]);
-    // More pools with ConfigMaps of their own (no Deployment: published only).
-    for i in 0..3 {
-        apply_yaml(&n, &pool(&format!("extra-{i}"), "webapp", "none")).expect("pool");
-    }
     let admin = free_local_addr();
-    let controller =
-        ControllerProcess::local(&n, &scratch_dir(&n), &["--admin-addr", &admin.to_string()]);
-    ns.keep_log(controller.log_path());
-    let env = Env::new(&n).await;
+    let Demo {
+        ns,
+        env,
+        controller,
+        ..
+    } = Demo::start_with(
+        "quiet",
+        &DEMO,
+        // More pools with ConfigMaps of their own (no Deployment: published only).
+        |n| {
+            for i in 0..3 {
+                apply_yaml(n, &pool(&format!("extra-{i}"), "webapp", "none")).expect("pool");
+            }
+        },
+        |n, dir| ControllerProcess::local(n, dir, &["--admin-addr", &admin.to_string()]),
+    )
+    .await;
+    let n = ns.name.clone();
     env.converged(2).await;
     eventually("every pool published", WAIT, || async {
         let cms = kubectl(&[

@@ -5,10 +5,11 @@
 
 use lbpool_crds::{Balance, CheckMethod, HealthCheck, LoadBalancerPool, Stats, StickySession};
 
-use crate::model::{self, BackendPort};
-use crate::render::{Renderer, Template};
-use crate::testing::{haproxy, pool, slices_with};
 use lbpool_checker::Validator;
+use lbpool_checker::haproxy::test_validator as haproxy;
+use lbpool_controller::model::{self, BackendPort};
+use lbpool_controller::render::{Renderer, Template};
+use lbpool_controller::testing::{pool, slices_with};
 
 fn http_check(path: &str) -> HealthCheck {
     HealthCheck {
@@ -243,8 +244,12 @@ fn lab_config_has_the_lab_directives() {
 
 #[tokio::test]
 async fn ipv6_endpoints_render_to_servers_haproxy_accepts() {
-    let mut slice =
-        crate::testing::slice("v6", "http", 3000, &[("fd00:10:244::7", "webapp-v6", true)]);
+    let mut slice = lbpool_controller::testing::slice(
+        "v6",
+        "http",
+        3000,
+        &[("fd00:10:244::7", "webapp-v6", true)],
+    );
     slice.address_type = "IPv6".into();
     let mut p = pool();
     p.spec.sticky_session = Some(StickySession {
@@ -273,7 +278,7 @@ async fn ipv6_endpoints_render_to_servers_haproxy_accepts() {
 /// Three pods; `webapp-b` and `webapp-c` terminating, `webapp-c` no longer
 /// serving; with `all_terminating`, `webapp-a` terminating (serving) too.
 fn terminating_slice(all_terminating: bool) -> Vec<k8s_openapi::api::discovery::v1::EndpointSlice> {
-    use crate::testing::{slice, terminating};
+    use lbpool_controller::testing::{slice, terminating};
     let mut s = slice(
         "ts",
         "http",
