@@ -6,18 +6,10 @@
 #   a real node    kubelet, kube-proxy, containerd (+ containerd-shim-runc-v2, ctr)
 # A binary already in the cache for the pinned version is reused, so a warm
 # run takes well under a second.
-set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=versions.env
-source "$here/versions.env"
-
-cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
-bin="$cache/bin/k8s-$KUBERNETES_VERSION"
 mkdir -p "$bin" "$cache/src"
-
-say() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
 
 command -v go >/dev/null || die "go is not installed; Go >= 1.26 is needed to build the control plane"
 

@@ -4,13 +4,14 @@
 # the controller running in its pod, the example pool, the webapp scaled to
 # 5, and real requests through HAProxy answered by each of the 5 pods.
 # Needs root (the real node). Tear it down with: hack/local-cluster.sh down
-set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-started=$(date +%s)
-step() { printf '\n[demo +%ss] %s\n' "$(($(date +%s) - started))" "$*" >&2; }
-die() { printf '[demo] ERROR: %s\n' "$*" >&2; exit 1; }
+step() {
+  echo >&2
+  say "$@"
+}
 [ "$(id -u)" -eq 0 ] || die "the demo runs a real node (containers, iptables): run it as root"
 
 step "1/7 Debian packages"
@@ -64,7 +65,7 @@ done
 hosts=$(for _ in $(seq 40); do curl -sf --max-time 5 "http://$ip/"; echo; done |
   sed -n 's/.*"host":"\([^"]*\)".*/\1/p' | sort -u)
 echo
-echo "$(echo "$hosts" | grep -c .) webapp pods answered through HAProxy: $(echo $hosts)"
+echo "$(echo "$hosts" | grep -c .) webapp pods answered through HAProxy: $(tr '\n' ' ' <<<"$hosts")"
 cat <<MSG
 
 The demo is running. Try:

@@ -9,9 +9,8 @@
 #   runc, containernetworking-plugins (bridge, host-local, loopback, portmap),
 #   iptables and conntrack (kube-proxy), mmdebstrap (image root filesystems);
 #   gcc and make (jemalloc, the controller's allocator, and the pause image).
-set -euo pipefail
-
-say() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 missing=()
 need() { command -v "$1" >/dev/null || [ -x "$1" ] || missing+=("$2"); }
@@ -29,17 +28,18 @@ need mmdebstrap mmdebstrap
 need gcc gcc
 # jemalloc, the controller's allocator, is compiled from C by its crate.
 need make make
+# .ci/run checks every script with it.
+need shellcheck shellcheck
 
 for tool in go cargo; do
-  command -v "$tool" >/dev/null || { say "ERROR: $tool is not installed (Go >= 1.26 and Rust are needed)"; exit 1; }
+  command -v "$tool" >/dev/null || die "$tool is not installed (Go >= 1.26 and Rust are needed)"
 done
 if [ ${#missing[@]} -eq 0 ]; then
   say "all Debian packages present"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-  say "ERROR: missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]}) and run again"
-  exit 1
+  die "missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]}) and run again"
 fi
 say "installing ${missing[*]}"
 apt-get update -qq

@@ -21,19 +21,12 @@
 #
 # Environment: LBPOOL_CACHE (cache root), LBPOOL_IMAGE_PROFILE (cargo profile
 # of the workspace binaries: dev by default, release for smaller, faster ones).
-set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-here="$root/hack"
-# shellcheck source=versions.env
-source "$here/versions.env"
-cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
 out="$cache/images"
 profile=${LBPOOL_IMAGE_PROFILE:-dev}
 mkdir -p "$out/work"
-
-say() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
 
 import_sock=
 if [ "${1:-}" = --import ]; then
@@ -58,7 +51,7 @@ fi
 say "base root filesystem: $(du -h "$base" | cut -f1) (cached at $base)"
 
 say "pause: gcc -static"
-gcc -static -Os -s -o "$out/work/pause" "$here/images/pause.c" || die "building pause failed (gcc and libc6-dev are needed)"
+gcc -static -Os -s -o "$out/work/pause" "$root/hack/images/pause.c" || die "building pause failed (gcc and libc6-dev are needed)"
 
 say "workspace binaries (cargo profile $profile)"
 # The same invocation as hack/test.sh's, so its build is reused as it is
@@ -76,7 +69,7 @@ image() {
   local short=$1; shift
   local archive="$out/$short.tar"
   local name
-  name=$(python3 "$here/images/oci-archive.py" --name "lbpool.local/$short" \
+  name=$(python3 "$root/hack/images/oci-archive.py" --name "lbpool.local/$short" \
     --alias "lbpool.local/$short:local" --out "$archive" "$@") || die "assembling $short failed"
   say "$name ($(du -h "$archive" | cut -f1))"
   archives+=("$archive")

@@ -11,13 +11,11 @@
 #
 #   hack/kind.sh          create (or reuse) the cluster and test
 #   hack/kind.sh down     delete the cluster
-set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 name=${LBPOOL_KIND_CLUSTER:-lbpool}
-say() { printf '[kind %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
 
 if [ "${1:-}" = down ]; then
   kind delete cluster --name "$name"

@@ -4,15 +4,12 @@
 # of the time from an EndpointSlice change to the new server UP in every
 # ready HAProxy pod (tests/src/bin/reload.rs says how it is measured).
 #   hack/reload-bench.sh [CHANGES] [ROLLING_CHANGES]     (default 200 and 20)
-set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 changes=${1:-200}
 rolling=${2:-20}
-cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
-target=${CARGO_TARGET_DIR:-$root/target}
-say() { printf '[reload-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 bash hack/deps.sh
 bin=$(bash hack/build-binaries.sh | tail -n 1)

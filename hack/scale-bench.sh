@@ -5,15 +5,12 @@
 # change, single-change latency p50/p99 and the convergence of a burst of N
 # changes (tests/src/bin/scale.rs says how each is measured).
 #   hack/scale-bench.sh [N] [CHANGES]
-set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 pools=${1:-1000}
 changes=${2:-100}
-cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
-target=${CARGO_TARGET_DIR:-$root/target}
-say() { printf '[scale-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 bash hack/deps.sh
 bin=$(bash hack/build-binaries.sh | tail -n 1)

@@ -9,14 +9,10 @@
 # Each cluster is torn down at the end; the real node's teardown is checked
 # to leave nothing behind. On failure the component logs are kept under
 # target/test-artifacts/. Needs root (network namespaces, the real node).
-set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cache=${LBPOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbpool}
-target=${CARGO_TARGET_DIR:-$root/target}
-started=$(date +%s)
-say() { printf '[test %s +%ss] %s\n' "$(date +%H:%M:%S)" "$(($(date +%s) - started))" "$*" >&2; }
 
 say "1/6 Debian packages"
 bash hack/deps.sh

@@ -4,7 +4,7 @@
 //! caches, a template ConfigMap and this process's memory of the pool),
 //! [`plan`] turns it into a [`Plan`] (the ConfigMap write, the rollout or
 //! publication, the Events), the reconciler carries it out, and
-//! [`status`] says what the status is after it. No API, no clock, no lock.
+//! [`status()`] says what the status is after it. No API, no clock, no lock.
 
 use std::sync::Arc;
 use std::time::Duration;

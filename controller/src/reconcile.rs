@@ -1,11 +1,11 @@
 //! I/O: one reconcile of one pool, in three parts: read, plan, write.
 //!
-//! [`read`] looks up the Service, its EndpointSlices, the ConfigMap, the
+//! `read` looks up the Service, its EndpointSlices, the ConfigMap, the
 //! Deployment and the agents' pods in the watch caches
 //! ([`crate::cache`]), reads a user template, and builds, renders and
 //! checks the config (the allowlist, then `haproxy -c` where a check can
 //! fail) into a [`plan::Input`]. [`plan::plan`] (pure) decides what to
-//! write; [`write`] carries it out: the ConfigMap, the Deployment's
+//! write; `write` carries it out: the ConfigMap, the Deployment's
 //! pod-template annotation, the Events, then the status, each only when
 //! it differs. A pool that cannot be served keeps its last good ConfigMap
 //! and says why in its status. The leader Lease ([`crate::leader`]) is the

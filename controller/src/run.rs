@@ -2,7 +2,7 @@
 //!
 //! The controller watches LoadBalancerPools, the ConfigMaps it generated
 //! (`.owns`), and Services, EndpointSlices, Deployments, template ConfigMaps
-//! and the pods of `InPlace` agents ([`Watches`], one [`watch`] each), which
+//! and the pods of `InPlace` agents (`Watches`, one `watch` call each), which
 //! [`crate::triggers`] maps to the pools that name them.
 
 use std::net::SocketAddr;
