@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::ListParams;
 use kube::api::{Patch, PatchParams};
-use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolStatus};
+use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolSpec, LoadBalancerPoolStatus, TemplateRef};
 use lbpool_wire::{CONFIG_HASH_ANNOTATION, CONFIG_KEY};
 
 use crate::{
@@ -278,6 +279,43 @@ pub async fn make_one_pod_not_ready(env: &Env, ns: &str) {
         patch,
     ])
     .expect("make a pod not ready");
+}
+
+/// A pool as a user writes one: `name`, the backends of Service `service`,
+/// served by Deployment `deployment`; every other field at its default.
+pub fn pool(name: &str, service: &str, deployment: &str) -> LoadBalancerPool {
+    let spec: LoadBalancerPoolSpec = serde_json::from_value(serde_json::json!({
+        "backend": {"service": service},
+        "haproxy": {"deployment": deployment},
+    }))
+    .expect("a minimal spec takes its defaults");
+    LoadBalancerPool::new(name, spec)
+}
+
+/// [`pool`] on the Service's port named `port`.
+pub fn with_port(mut pool: LoadBalancerPool, port: &str) -> LoadBalancerPool {
+    pool.spec.backend.port = Some(IntOrString::String(port.into()));
+    pool
+}
+
+/// [`pool`] writing its config to ConfigMap `config_map`.
+pub fn writing(mut pool: LoadBalancerPool, config_map: &str) -> LoadBalancerPool {
+    pool.spec.haproxy.config_map = Some(config_map.into());
+    pool
+}
+
+/// [`pool`] rendered from the template in ConfigMap `config_map`, key `key`.
+pub fn templated(mut pool: LoadBalancerPool, config_map: &str, key: &str) -> LoadBalancerPool {
+    pool.spec.template = Some(TemplateRef {
+        config_map: config_map.into(),
+        key: key.into(),
+    });
+    pool
+}
+
+/// A pool as `kubectl apply` takes it.
+pub fn yaml(pool: &LoadBalancerPool) -> String {
+    serde_yaml_ng::to_string(pool).expect("a pool serializes")
 }
 
 /// Applies files of `manifests/demo/` to `ns`.

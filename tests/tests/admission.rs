@@ -12,8 +12,8 @@ use lbpool_tests::{
     TestNamespace, apply_yaml, client_from, kubectl, repo, service_account_kubeconfig,
 };
 use lbpool_wire::{
-    CONFIG_HASH_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, POOL_CLAIM_ANNOTATION, POOL_LABEL,
-    SERVED_ANNOTATION,
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, FIELD_MANAGER, MANAGED_BY_LABEL, POOL_CLAIM_ANNOTATION,
+    POOL_LABEL, SERVED_ANNOTATION,
 };
 use serde_json::json;
 
@@ -271,8 +271,16 @@ async fn the_controller_may_change_only_lbpool_annotations_and_its_own_config_ma
         config_maps,
         "a ConfigMap without lbpool's owner",
     );
-    let owned = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\n  labels: {app.kubernetes.io/managed-by: lbpool-controller, lbpool.dev/pool: p}\n  ownerReferences: [{apiVersion: lbpool.dev/v1alpha1, kind: LoadBalancerPool, name: p, uid: 00000000-0000-0000-0000-000000000001, controller: true}]\ndata: {haproxy.cfg: x}\n";
-    assert_eq!(create(owned).await, Ok(()), "a ConfigMap of lbpool's");
+    let owned = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "owned", "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, POOL_LABEL: "p"},
+            "ownerReferences": [{"apiVersion": "lbpool.dev/v1alpha1", "kind": "LoadBalancerPool", "name": "p",
+                "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]},
+        "data": {CONFIG_KEY: "x"}});
+    assert_eq!(
+        create(&owned.to_string()).await,
+        Ok(()),
+        "a ConfigMap of lbpool's"
+    );
 }
 
 /// A new policy takes a moment to reach the API server's admission: waits

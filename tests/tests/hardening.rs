@@ -3,7 +3,14 @@
 
 use std::time::Duration;
 
-use lbpool_tests::demo::{DEMO, Demo, Env, WAIT, apply_demo, scale};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lbpool_crds::LoadBalancerPool;
+use lbpool_tests::demo::{
+    DEMO, Demo, Env, WAIT, apply_demo, pool, scale, templated, with_port, writing, yaml,
+};
+
+/// The template key a pool reads by default.
+const HBS: &str = "haproxy.cfg.hbs";
 use lbpool_tests::{ControllerProcess, apply_yaml, eventually, kubectl, scratch_dir};
 
 fn template_config_map(body: &str) -> String {
@@ -29,13 +36,6 @@ backend {{backendName}}
 {{#each servers}}
   server {{name}} {{address}}:{{port}} check
 {{/each}}";
-
-/// Pool `webapp` of the demo, with `extra` spec lines.
-fn pool_with(extra: &str) -> String {
-    format!(
-        "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: webapp\nspec:\n  backend: {{service: webapp, port: http}}\n  haproxy: {{deployment: haproxy}}\n{extra}"
-    )
-}
 
 async fn condition(env: &Env, pool: &str, type_: &str) -> Option<(String, String, String)> {
     let p = env.pools.get(pool).await.ok()?;
@@ -79,7 +79,12 @@ async fn a_config_haproxy_rejects_is_never_published() {
     } = Demo::start("gate", &["webapp.yaml", "haproxy.yaml"]).await;
     let n = ns.name.clone();
     apply_yaml(&n, &template_config_map(GOOD_TEMPLATE)).expect("template");
-    apply_yaml(&n, &pool_with("  template: {configMap: tpl}\n")).expect("pool");
+    let webapp = templated(
+        with_port(pool("webapp", "webapp", "haproxy"), "http"),
+        "tpl",
+        HBS,
+    );
+    apply_yaml(&n, &yaml(&webapp)).expect("pool");
     let good = env.converged(2).await;
     let published = config_text(&env, "webapp-haproxy")
         .await
@@ -150,30 +155,98 @@ async fn a_config_haproxy_rejects_is_never_published() {
     assert_eq!(count("Normal ConfigValid"), 1, "{events}");
 }
 
-/// (pool name, extra spec lines, expected condition type, reason, text in the message).
+/// (pool name, the pool, expected condition type, reason, text in the message).
 fn accepted_but_invalid() -> Vec<(
     &'static str,
-    String,
+    LoadBalancerPool,
     &'static str,
     &'static str,
     &'static str,
 )> {
-    let pool = |name: &str, backend: &str, extra: &str| {
-        format!(
-            "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {backend}\n  haproxy: {{deployment: haproxy, configMap: {name}-cfg}}\n{extra}"
-        )
+    // Each writes a ConfigMap of its own, beside the demo's Deployment.
+    let on =
+        |name: &str, service: &str| writing(pool(name, service, "haproxy"), &format!("{name}-cfg"));
+    let port = |name: &str, port: IntOrString| {
+        let mut p = on(name, "webapp");
+        p.spec.backend.port = Some(port);
+        p
     };
+    let template =
+        |name: &str, config_map: &str, key: &str| templated(on(name, "webapp"), config_map, key);
     vec![
-        ("no-service", pool("no-service", "{service: nothing-here}", ""), "ConfigValid", "ServiceNotFound", "spec.backend.service"),
-        ("no-port", pool("no-port", "{service: webapp, port: grpc}", ""), "ConfigValid", "PortNotFound", "spec.backend.port"),
-        ("no-port-number", pool("no-port-number", "{service: webapp, port: 8443}", ""), "ConfigValid", "PortNotFound", "no port 8443"),
-        ("two-ports", pool("two-ports", "{service: twoports}", ""), "ConfigValid", "PortNotFound", "has 2 ports"),
-        ("no-template", pool("no-template", "{service: webapp}", "  template: {configMap: missing}\n"), "ConfigValid", "TemplateNotFound", "spec.template.configMap"),
-        ("no-key", pool("no-key", "{service: webapp}", "  template: {configMap: tpl, key: other.hbs}\n"), "ConfigValid", "TemplateNotFound", "spec.template.key"),
-        ("unknown-var", pool("unknown-var", "{service: webapp}", "  template: {configMap: bad-vars}\n"), "ConfigValid", "TemplateInvalid", "backendNam"),
-        ("bad-syntax", pool("bad-syntax", "{service: webapp}", "  template: {configMap: bad-syntax}\n"), "ConfigValid", "TemplateInvalid", "bad-syntax/haproxy.cfg.hbs"),
-        ("no-listener", pool("no-listener", "{service: webapp}", "  template: {configMap: no-listener}\n"), "ConfigValid", "HAProxyRejected", "no listener"),
-        ("no-deployment", "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: no-deployment\nspec:\n  backend: {service: webapp}\n  haproxy: {deployment: nowhere, configMap: no-deployment-cfg}\n".into(), "Ready", "DeploymentNotFound", "spec.haproxy.deployment"),
+        (
+            "no-service",
+            on("no-service", "nothing-here"),
+            "ConfigValid",
+            "ServiceNotFound",
+            "spec.backend.service",
+        ),
+        (
+            "no-port",
+            port("no-port", IntOrString::String("grpc".into())),
+            "ConfigValid",
+            "PortNotFound",
+            "spec.backend.port",
+        ),
+        (
+            "no-port-number",
+            port("no-port-number", IntOrString::Int(8443)),
+            "ConfigValid",
+            "PortNotFound",
+            "no port 8443",
+        ),
+        (
+            "two-ports",
+            on("two-ports", "twoports"),
+            "ConfigValid",
+            "PortNotFound",
+            "has 2 ports",
+        ),
+        (
+            "no-template",
+            template("no-template", "missing", HBS),
+            "ConfigValid",
+            "TemplateNotFound",
+            "spec.template.configMap",
+        ),
+        (
+            "no-key",
+            template("no-key", "tpl", "other.hbs"),
+            "ConfigValid",
+            "TemplateNotFound",
+            "spec.template.key",
+        ),
+        (
+            "unknown-var",
+            template("unknown-var", "bad-vars", HBS),
+            "ConfigValid",
+            "TemplateInvalid",
+            "backendNam",
+        ),
+        (
+            "bad-syntax",
+            template("bad-syntax", "bad-syntax", HBS),
+            "ConfigValid",
+            "TemplateInvalid",
+            "bad-syntax/haproxy.cfg.hbs",
+        ),
+        (
+            "no-listener",
+            template("no-listener", "no-listener", HBS),
+            "ConfigValid",
+            "HAProxyRejected",
+            "no listener",
+        ),
+        (
+            "no-deployment",
+            writing(
+                pool("no-deployment", "webapp", "nowhere"),
+                "no-deployment-cfg",
+            ),
+            "Ready",
+            "DeploymentNotFound",
+            "spec.haproxy.deployment",
+        ),
     ]
 }
 
@@ -213,8 +286,8 @@ data: {haproxy.cfg.hbs: \"defaults\\n  mode http\\n\"}
     apply_yaml(&n, extra_objects).expect("supporting objects");
     let generation = deployment_generation(&env).await;
     let cases = accepted_but_invalid();
-    for (_, yaml, ..) in &cases {
-        apply_yaml(&n, yaml).expect("the API server accepts it");
+    for (_, pool, ..) in &cases {
+        apply_yaml(&n, &yaml(pool)).expect("the API server accepts it");
     }
     for (name, _, type_, reason, text) in &cases {
         let (status, got_reason, message) =
@@ -330,8 +403,11 @@ async fn faults_are_survived() {
     );
 
     // 3. A conflicting write of the rollout annotation.
-    let conflict = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: haproxy\nspec:\n  template:\n    metadata:\n      annotations:\n        lbpool.dev/config-hash: sha256:not-ours\n";
-    kubectl_apply_as(&n, conflict, "someone-else");
+    let conflict = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "haproxy"},
+        "spec": {"template": {"metadata": {"annotations": {lbpool_wire::CONFIG_HASH_ANNOTATION: "sha256:not-ours"}}}}})
+    .to_string();
+    kubectl_apply_as(&n, &conflict, "someone-else");
     eventually("the annotation to be taken back", WAIT, || async {
         match env.deployed_hash().await {
             Some(h) if h == hash => Ok(()),
@@ -417,9 +493,10 @@ fn kubectl_apply_as(ns: &str, yaml: &str, manager: &str) {
 /// The test creates the others after `webapp` converged, so `webapp` holds
 /// both claims: its ConfigMap's ownerReference and the Deployment's annotation.
 fn pool_writing(name: &str, config_map: &str) -> String {
-    format!(
-        "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {{service: webapp, port: http}}\n  haproxy: {{deployment: haproxy, configMap: {config_map}}}\n"
-    )
+    yaml(&writing(
+        with_port(pool(name, "webapp", "haproxy"), "http"),
+        config_map,
+    ))
 }
 
 #[tokio::test]
@@ -678,10 +755,12 @@ async fn hostile_templates_are_refused_and_reveal_nothing() {
             "data": {"haproxy.cfg.hbs": template},
         });
         apply_yaml(&n, &cm.to_string()).expect("template ConfigMap");
-        let pool = format!(
-            "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {{service: webapp}}\n  haproxy: {{deployment: haproxy-{name}}}\n  template: {{configMap: tpl-{name}}}\n"
+        let hostile = templated(
+            pool(name, "webapp", &format!("haproxy-{name}")),
+            &format!("tpl-{name}"),
+            HBS,
         );
-        apply_yaml(&n, &pool).expect("the API server accepts the pool");
+        apply_yaml(&n, &yaml(&hostile)).expect("the API server accepts the pool");
     }
     // Meanwhile the good pool keeps reconciling.
     let started = std::time::Instant::now();

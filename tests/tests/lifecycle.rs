@@ -8,7 +8,7 @@ use lbpool_crds::LoadBalancerPool;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lbpool_tests::demo::{DEMO, Demo, Env, WAIT, apply_demo, scale};
+use lbpool_tests::demo::{self, DEMO, Demo, Env, WAIT, apply_demo, scale};
 use lbpool_tests::{
     ControllerProcess, TestNamespace, admin_get, apply_yaml, eventually, free_local_addr, kubectl,
     metric, metrics_text, rss_kib, scratch_dir,
@@ -21,10 +21,9 @@ fn loud_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-fn pool(name: &str, service: &str, deployment: &str) -> String {
-    format!(
-        "apiVersion: lbpool.dev/v1alpha1\nkind: LoadBalancerPool\nmetadata:\n  name: {name}\nspec:\n  backend: {{service: {service}, port: http}}\n  haproxy: {{deployment: {deployment}}}\n"
-    )
+/// A pool on the Service's port `http`.
+fn pool(name: &str, service: &str, deployment: &str) -> LoadBalancerPool {
+    demo::with_port(demo::pool(name, service, deployment), "http")
 }
 
 #[tokio::test]
@@ -41,7 +40,11 @@ async fn deleting_pools_and_their_namespace_is_quiet() {
         // More pools with ConfigMaps of their own (no Deployment: published only).
         |n| {
             for i in 0..3 {
-                apply_yaml(n, &pool(&format!("extra-{i}"), "webapp", "none")).expect("pool");
+                apply_yaml(
+                    n,
+                    &demo::yaml(&pool(&format!("extra-{i}"), "webapp", "none")),
+                )
+                .expect("pool");
             }
         },
         |n, dir| ControllerProcess::local(n, dir, &["--admin-addr", &admin.to_string()]),
@@ -126,9 +129,7 @@ async fn memory_follows_the_number_of_pools() {
     // to a few requests per second).
     let env = Env::new(&n).await;
     let pools: Vec<LoadBalancerPool> = (0..POOLS)
-        .map(|i| {
-            serde_yaml_ng::from_str(&pool(&format!("p{i:04}"), "missing", "none")).expect("pool")
-        })
+        .map(|i| pool(&format!("p{i:04}"), "missing", "none"))
         .collect();
     let baseline = rss_kib(pid).expect("VmRSS of the controller");
     let mut after = Vec::new();
