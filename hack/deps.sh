@@ -14,7 +14,8 @@ source "$(dirname "$0")/lib.sh"
 
 missing=()
 need() { command -v "$1" >/dev/null || [ -x "$1" ] || missing+=("$2"); }
-need haproxy haproxy
+# The tests run Debian trixie's HAProxy 3.0 on any Debian (hack/haproxy.sh).
+need patchelf patchelf
 need openssl openssl
 need curl curl
 need ip iproute2

@@ -2,16 +2,16 @@
 # Builds lbpool's container images without Docker, as OCI archives:
 #
 #   lbpool.local/pause        the pod sandbox (hack/images/pause.c, gcc -static)
-#   lbpool.local/haproxy      Debian bookworm's haproxy 2.6 (the major of the
-#                             manifests' haproxy:2.6), entrypoint haproxy
+#   lbpool.local/haproxy      Debian trixie's haproxy 3.0 LTS (the major of
+#                             the manifests' haproxy:3.0), entrypoint haproxy
 #   lbpool.local/controller   lbpool-controller and lbpool-checker (its checker
 #                             container), with that haproxy for `haproxy -c`
 #   lbpool.local/agent        lbpool-agent (the InPlace sidecar), with that haproxy
 #   lbpool.local/webapp       the demo backend
 #
 # The haproxy, controller, agent and webapp images share one base layer: a minimal
-# Debian root filesystem with haproxy (mmdebstrap, from Debian's packages),
-# built once and cached. Each image is tagged by the digest of its manifest
+# Debian root filesystem with haproxy (hack/haproxy.sh: mmdebstrap, from
+# Debian's packages), built once and cached. Each image is tagged by the digest of its manifest
 # (lbpool.local/controller:3f2a9c...) and also named :local, the tag
 # manifests/overlays/local/ uses; the Dockerfiles describe the same images for
 # users with Docker.
@@ -33,21 +33,10 @@ if [ "${1:-}" = --import ]; then
   import_sock=${2:?usage: $0 [--import CONTAINERD_SOCKET]}
 fi
 
-base="$out/rootfs-bookworm-haproxy.tar"
-if [ ! -s "$base" ]; then
-  command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (hack/deps.sh installs it)"
-  # The host's Debian sources when it has them, so a configured mirror is used.
-  sources=()
-  for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
-    if [ -s "$f" ] && grep -q bookworm "$f"; then sources=("$f"); break; fi
-  done
-  say "base root filesystem: Debian bookworm minbase + haproxy (mmdebstrap, about a minute)"
-  mmdebstrap --quiet --variant=minbase --include=haproxy \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-    bookworm "$out/rootfs.tmp.tar" "${sources[@]}" || die "mmdebstrap failed"
-  mv "$out/rootfs.tmp.tar" "$base"
-fi
+# The base layer: Debian's root filesystem with haproxy, the one the tests'
+# haproxy comes from.
+bash "$root/hack/haproxy.sh" >/dev/null
+base=$(haproxy_base)
 say "base root filesystem: $(du -h "$base" | cut -f1) (cached at $base)"
 
 say "pause: gcc -static"

@@ -39,7 +39,7 @@ docker build -f webapp/Dockerfile -t lbpool-webapp:dev .
 docker build -f agent/Dockerfile -t lbpool-agent:dev .
 kind load docker-image --name "$name" lbpool-controller:dev lbpool-webapp:dev lbpool-agent:dev
 
-say "end-to-end tier (installs the CRD and manifests/, haproxy:2.6 from its registry)"
+say "end-to-end tier (installs the CRD and manifests/, haproxy:3.0 from its registry)"
 LBPOOL_KUBECONFIG="$KUBECONFIG" LBPOOL_KUBECTL=kubectl LBPOOL_CONTROLLER=in-cluster \
   LBPOOL_E2E_MANIFESTS=manifests LBPOOL_E2E_IN_PLACE_MANIFESTS=manifests/overlays/in-place \
   LBPOOL_E2E_FRONTEND=127.0.0.1:8080 LBPOOL_E2E_STATS=127.0.0.1:1936 \

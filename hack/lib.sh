@@ -32,6 +32,10 @@ die() {
   exit 1
 }
 
+# haproxy_base: the cached root filesystem of Debian $HAPROXY_SUITE with
+# haproxy (hack/haproxy.sh builds it; hack/images.sh's base layer).
+haproxy_base() { echo "$cache/images/rootfs-$HAPROXY_SUITE-haproxy.tar"; }
+
 # render TEMPLATE NAME=VALUE...: the file TEMPLATE with every @NAME@
 # replaced by VALUE; a placeholder left unreplaced is an error.
 render() {

@@ -16,8 +16,12 @@ cd "$root"
 
 say "1/6 Debian packages"
 bash hack/deps.sh
-say "2/6 cluster binaries (cached after the first build)"
+say "2/6 cluster binaries and Debian $HAPROXY_SUITE's HAProxy $HAPROXY_MAJOR (cached after the first build)"
 bin=$(bash hack/build-binaries.sh | tail -n 1)
+# Every haproxy of the tests (haproxy -c, the agent's, the data plane's) and
+# of the controller processes they start is the one the images ship.
+HAPROXY_BIN=$(bash hack/haproxy.sh | tail -n 1)
+export HAPROXY_BIN LBPOOL_HAPROXY_BIN="$HAPROXY_BIN"
 say "3/6 building the workspace"
 cargo build --workspace --all-targets --locked
 

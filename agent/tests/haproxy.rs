@@ -76,7 +76,7 @@ impl Drop for Haproxy {
 }
 
 async fn start(dir: &Path, cfg: &Path) -> Haproxy {
-    let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
+    let bin = lbpool_checker::haproxy::test_haproxy_bin();
     let master = dir.join("master.sock");
     let child = Command::new(&bin)
         .arg("-W")
@@ -87,7 +87,7 @@ async fn start(dir: &Path, cfg: &Path) -> Haproxy {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("this test runs the real HAProxy ({bin}): {e}; install it (apt-get install haproxy) or set HAPROXY_BIN"));
+        .unwrap_or_else(|e| panic!("this test runs the real HAProxy ({bin}): {e}"));
     let h = Haproxy {
         child,
         master: Socket::new(master),
@@ -148,7 +148,7 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
         .await
         .expect("show proc");
     assert_eq!(get(port).await, "a");
-    let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
+    let bin = lbpool_checker::haproxy::test_haproxy_bin();
     let mut applier = Applier::new(
         file.clone(),
         haproxy.admin.clone(),

@@ -245,17 +245,39 @@ fn without_pid(line: &str) -> String {
     }
 }
 
-/// The haproxy binary for tests: `$HAPROXY_BIN` or `haproxy` on
-/// `PATH`; a test that needs it fails naming what is missing.
+/// The HAProxy major version lbpool writes and checks configs for: the
+/// one its images ship (Debian trixie's 3.0 LTS).
+pub const HAPROXY_MAJOR: &str = "3.0";
+
+/// The haproxy binary for tests: `$HAPROXY_BIN` or `haproxy` on `PATH`,
+/// of version [`HAPROXY_MAJOR`]; a test that needs it fails naming what is
+/// missing.
+#[cfg(any(test, feature = "testing"))]
+pub fn test_haproxy_bin() -> String {
+    let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
+    let version = std::process::Command::new(&bin)
+        .arg("-v")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        });
+    match version {
+        Ok(v) if v.starts_with(&format!("HAProxy version {HAPROXY_MAJOR}.")) => bin,
+        other => panic!(
+            "these tests run HAProxy {HAPROXY_MAJOR}, the data plane's version; `{bin} -v` says {other:?}: \
+             set HAPROXY_BIN=$(bash hack/haproxy.sh)"
+        ),
+    }
+}
+
+/// A validator running [`test_haproxy_bin`].
 #[cfg(any(test, feature = "testing"))]
 pub fn test_validator() -> HaproxyValidator {
-    let bin = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
-    let found = std::process::Command::new(&bin).arg("-v").output();
-    assert!(
-        found.is_ok(),
-        "these tests run a real `{bin}` (Debian: apt-get install haproxy, or set HAPROXY_BIN)"
-    );
-    HaproxyValidator::new(bin)
+    HaproxyValidator::new(test_haproxy_bin())
 }
 
 #[cfg(test)]

@@ -193,14 +193,16 @@ impl Network {
         let cfg = self.dir.join(format!("haproxy-{k}.cfg"));
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(self.dir.join(format!("haproxy-{k}.log"))).expect("log");
+        let haproxy = std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "haproxy", "-W", "-db", "-f"])
+            .args(["netns", "exec", &ns])
+            .args([haproxy.as_str(), "-W", "-db", "-f"])
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("start haproxy (apt-get install haproxy)");
+            .expect("start haproxy (HAPROXY_BIN: hack/haproxy.sh prints it)");
         let pod = HaproxyPod {
             ns,
             ip: pod_ip,

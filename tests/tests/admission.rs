@@ -20,7 +20,7 @@ use serde_json::json;
 /// A pod under the restricted Pod Security Standard (kwok runs it).
 fn pod(name: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: haproxy}}\nspec:\n  serviceAccountName: haproxy-agent\n  automountServiceAccountToken: false\n  securityContext: {{runAsNonRoot: true, runAsUser: 99, seccompProfile: {{type: RuntimeDefault}}}}\n  containers:\n  - name: haproxy\n    image: haproxy:2.6\n    securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: haproxy}}\nspec:\n  serviceAccountName: haproxy-agent\n  automountServiceAccountToken: false\n  securityContext: {{runAsNonRoot: true, runAsUser: 99, seccompProfile: {{type: RuntimeDefault}}}}\n  containers:\n  - name: haproxy\n    image: haproxy:3.0\n    securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}\n"
     )
 }
 
@@ -158,7 +158,7 @@ async fn the_agent_may_patch_only_its_own_pods_lbpool_keys() {
 async fn the_controller_may_change_only_lbpool_annotations_and_its_own_config_maps() {
     let ns = TestNamespace::create("admission-controller");
     let n = &ns.name;
-    let objects = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: haproxy, annotations: {team: web}}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: haproxy}}\n  template:\n    metadata: {labels: {app: haproxy}}\n    spec:\n      containers: [{name: haproxy, image: haproxy:2.6}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: users}\ndata: {key: value}\n";
+    let objects = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: haproxy, annotations: {team: web}}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: haproxy}}\n  template:\n    metadata: {labels: {app: haproxy}}\n    spec:\n      containers: [{name: haproxy, image: haproxy:3.0}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: users}\ndata: {key: value}\n";
     apply_yaml(n, objects).expect("a Deployment and a user's ConfigMap");
     let dir = tempfile_dir();
     let controller = client_from(&lbpool_tests::controller_kubeconfig(&dir)).await;
