@@ -55,7 +55,9 @@ if [ ! -x "$haproxy" ] || [ "$base" -nt "$haproxy" ]; then
     die "patchelf failed"
   mv "$haproxy.tmp" "$haproxy"
 fi
-version=$("$haproxy" -v 2>&1 | head -n 1) || die "$haproxy does not run: $version"
+# The whole answer first: cut by a pipe, haproxy would die of SIGPIPE.
+answer=$("$haproxy" -v 2>&1) || die "$haproxy does not run: $answer"
+version=${answer%%$'\n'*}
 case "$version" in
   "HAProxy version $HAPROXY_MAJOR."*) ;;
   *) die "$haproxy is not HAProxy $HAPROXY_MAJOR: $version" ;;
