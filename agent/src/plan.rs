@@ -2,10 +2,10 @@
 //!
 //! Only the server lines changed: Runtime API commands, no reload. New
 //! servers come first (capacity before removal), then weights (a draining
-//! server's `weight 0`), then removals. HAProxy 2.6 creates a server at
-//! runtime only with some options (no `cookie`, for one); a change it
-//! cannot make that way is a seamless reload, like any change outside the
-//! server lines.
+//! server's `weight 0`), then removals. HAProxy creates a server at
+//! runtime only with some options (3.0 takes `cookie`, so a sticky pool
+//! scales without a reload too); a change it cannot make that way is a
+//! seamless reload, like any change outside the server lines.
 
 use crate::config::{Backend, Config, Server};
 
@@ -54,6 +54,8 @@ const RUNTIME_OPTIONS: &[(&str, bool)] = &[
     ("fall", true),
     ("weight", true),
     ("maxconn", true),
+    // HAProxy 3.0 ("MINOR: server: allow cookie for dynamic servers").
+    ("cookie", true),
 ];
 
 /// HAProxy's weight of a server whose line names none.
@@ -255,10 +257,10 @@ mod tests {
     fn what_the_runtime_api_cannot_do_is_a_reload() {
         let running = cfg(&["a 10.0.0.1:80 check"]);
         let reload = |next: &Config| matches!(plan(&running, next), Plan::Reload(_));
-        // HAProxy 2.6 refuses `cookie` on a server added at runtime.
+        // An option a runtime server does not take.
         assert!(reload(&cfg(&[
             "a 10.0.0.1:80 check",
-            "b 10.0.0.2:80 check cookie b"
+            "b 10.0.0.2:80 check send-proxy"
         ])));
         // The same name at another address.
         assert!(reload(&cfg(&["a 10.0.0.9:80 check"])));
@@ -271,6 +273,23 @@ mod tests {
             "a 10.0.0.1:80 check",
             "b 10.0.0.2:80 inter"
         ])));
+    }
+
+    #[test]
+    fn a_sticky_server_is_added_at_runtime_with_its_cookie() {
+        let running = cfg(&["a 10.0.0.1:80 check cookie a"]);
+        let next = cfg(&[
+            "a 10.0.0.1:80 check cookie a",
+            "b 10.0.0.2:80 check cookie b",
+        ]);
+        match plan(&running, &next) {
+            Plan::Runtime(changes) => assert!(
+                matches!(&changes[..], [Change::Add { server, options, .. }]
+                    if server == "b" && options.ends_with(&["cookie".to_owned(), "b".to_owned()])),
+                "{changes:?}"
+            ),
+            other => panic!("a runtime change: {other:?}"),
+        }
     }
 
     #[test]

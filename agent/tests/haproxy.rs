@@ -48,6 +48,17 @@ fn free_port() -> u16 {
 }
 
 fn config(dir: &Path, port: u16, maxconn: u32, servers: &[(&str, SocketAddr)]) -> String {
+    config_of(dir, port, maxconn, servers, false)
+}
+
+/// [`config`], with a sticky cookie `SRV` when `sticky`.
+fn config_of(
+    dir: &Path,
+    port: u16,
+    maxconn: u32,
+    servers: &[(&str, SocketAddr)],
+    sticky: bool,
+) -> String {
     let mut text = format!(
         "global\n    maxconn {maxconn}\n    stats socket {}/admin.sock mode 600 level admin expose-fd listeners\n\
 defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
@@ -55,8 +66,16 @@ frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be_web\n\
 backend be_web\n    default-server inter 1s rise 1 fall 2\n    balance roundrobin\n",
         dir.display()
     );
+    if sticky {
+        text.push_str("    cookie SRV insert indirect nocache\n");
+    }
     for (name, addr) in servers {
-        text.push_str(&format!("    server {name} {addr} check\n"));
+        let cookie = if sticky {
+            format!(" cookie {name}")
+        } else {
+            String::new()
+        };
+        text.push_str(&format!("    server {name} {addr} check{cookie}\n"));
     }
     text
 }
@@ -116,12 +135,16 @@ async fn wait<F: std::future::Future<Output = bool>>(what: &str, mut done: impl 
 
 /// One request through HAProxy; the body (the backend's name).
 async fn get(port: u16) -> String {
+    get_with(port, "").await
+}
+
+/// One request with `headers` (each ending in CRLF); the body.
+async fn get_with(port: u16, headers: &str) -> String {
     let mut conn = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect to HAProxy");
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .expect("request");
+    let request = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n");
+    conn.write_all(request.as_bytes()).await.expect("request");
     let mut answer = String::new();
     conn.read_to_string(&mut answer).await.expect("answer");
     answer
@@ -239,4 +262,50 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
         applier.apply(&v3).await.expect("apply v3 again"),
         Outcome::Noop
     );
+}
+
+#[tokio::test]
+async fn a_sticky_pool_scales_without_a_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (backend("a").await, backend("b").await);
+    let port = free_port();
+    let file = dir.path().join("haproxy.cfg");
+    let v1 = config_of(dir.path(), port, 100, &[("a", a)], true);
+    write(&file, &v1);
+    let haproxy = start(dir.path(), &file).await;
+    let before = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    let mut applier = Applier::new(
+        file.clone(),
+        haproxy.admin.clone(),
+        haproxy.master.clone(),
+        Box::new(
+            HaproxyValidator::new(lbpool_checker::haproxy::test_haproxy_bin())
+                .with_runtime_api(haproxy.admin.path().to_string_lossy().into_owned()),
+        ),
+        &v1,
+    );
+    let v2 = config_of(dir.path(), port, 100, &[("a", a), ("b", b)], true);
+    assert_eq!(
+        applier.apply(&v2).await.expect("apply v2"),
+        Outcome::Runtime(1),
+        "b added with its cookie through the Runtime API"
+    );
+    wait("b to be live", || async {
+        runtime::servers(&haproxy.admin, "be_web")
+            .await
+            .is_ok_and(|s| s.len() == 2 && s.iter().all(|s| s.live()))
+    })
+    .await;
+    // A session pinned by its cookie stays on its server, the new one too.
+    for _ in 0..4 {
+        assert_eq!(get_with(port, "cookie: SRV=b\r\n").await, "b");
+        assert_eq!(get_with(port, "cookie: SRV=a\r\n").await, "a");
+    }
+    let after = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    assert_eq!(after.reloads, before.reloads, "no reload");
+    assert_eq!(after.workers, before.workers, "the same worker");
 }

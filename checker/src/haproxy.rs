@@ -385,6 +385,25 @@ listen stats
         );
     }
 
+    #[tokio::test]
+    async fn a_check_killed_by_a_signal_is_no_verdict() {
+        // An haproxy killed while checking (out of memory in a small
+        // container): the config is not rejected, the check is retried.
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let killed = dir.path().join("haproxy");
+        std::fs::write(&killed, "#!/bin/sh\nkill -KILL $$\n").expect("script");
+        std::fs::set_permissions(&killed, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = HaproxyValidator::new(&killed)
+            .check("global\n")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ValidationError::Unavailable { reason, .. } if reason.contains("signal")),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn what_haproxy_read_elsewhere_is_not_echoed() {
         let config = "frontend f\n    acl x src 'eyJ-not-here'\n";
