@@ -129,6 +129,7 @@ pub fn in_place(deployment: &Deployment, reports: &[AgentReport<'_>], wanted: &s
         },
         complete,
         refused,
+        stuck: None,
     }
 }
 

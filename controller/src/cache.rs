@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, ObjectReference, Pod, PodSpec, Service, ServiceSpec,
 };
@@ -440,8 +440,26 @@ pub fn slim_deployment(d: &mut Deployment) {
         m.labels = None;
         only(&mut m.annotations, CONFIG_HASH_ANNOTATION);
     }
+    // Of the conditions, only a rollout that stopped making progress, and
+    // not when it was last looked at (kube-controller-manager renews that).
     if let Some(status) = &mut d.status {
-        status.conditions = None;
+        status.conditions = status.conditions.take().and_then(|conditions| {
+            let stuck: Vec<_> = conditions
+                .into_iter()
+                .filter(|c| {
+                    c.type_.as_deref() == Some("Progressing")
+                        && c.status.as_deref() == Some("False")
+                })
+                .map(|c| DeploymentCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                    ..DeploymentCondition::default()
+                })
+                .collect();
+            (!stuck.is_empty()).then_some(stuck)
+        });
     }
 }
 
@@ -575,10 +593,14 @@ mod tests {
                      "template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: "sha256:a", "other": "b"}},
                                   "spec": {"containers": [{"name": "haproxy", "image": "haproxy"}]}}},
             "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
-                       "conditions": [{"type": "Available", "status": "True"}]}
+                       "conditions": [{"type": "Available", "status": "True"},
+                                      {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                       "message": "ReplicaSet \"haproxy-1\" has timed out progressing.",
+                                       "lastUpdateTime": "2026-12-02T00:00:00Z"}]}
         }))
         .expect("deployment");
         let before = crate::desired::served::served(&d);
+        assert!(before.stuck.is_some());
         slim_deployment(&mut d);
         assert_eq!(crate::desired::served::served(&d), before);
         assert_eq!(
@@ -588,7 +610,7 @@ mod tests {
                 "webapp".into()
             )]))
         );
-        assert!(serde_json::to_string(&d).expect("json").len() < 400);
+        assert!(serde_json::to_string(&d).expect("json").len() < 600);
     }
 
     #[tokio::test]

@@ -40,6 +40,10 @@ pub mod reason {
     pub const SERVING: &str = "Serving";
     /// The published config is not yet what every HAProxy pod runs.
     pub const ROLLING_OUT: &str = "RollingOut";
+    /// `RollingUpdate`: the HAProxy Deployment's rollout stopped making
+    /// progress (its `Progressing=False` condition, e.g.
+    /// `ProgressDeadlineExceeded`: new pods that cannot start).
+    pub const ROLLOUT_STUCK: &str = "RolloutStuck";
     /// `InPlace`: an HAProxy pod's agent refused the published config (its
     /// `haproxy -c` rejected it); the pod keeps serving its last config.
     pub const AGENT_REJECTED: &str = "AgentRejected";

@@ -326,6 +326,65 @@ data: {haproxy.cfg.hbs: \"defaults\\n  mode http\\n\"}
 }
 
 #[tokio::test]
+async fn a_rollout_that_cannot_progress_is_reported() {
+    let Demo {
+        ns,
+        env,
+        controller: _controller,
+        ..
+    } = Demo::start("stuck", &DEMO).await;
+    let n = ns.name.clone();
+    env.converged(2).await;
+    // New HAProxy pods that no node takes, and a short progress deadline.
+    let unschedulable = r#"{"spec": {"progressDeadlineSeconds": 5,
+        "template": {"spec": {"nodeSelector": {"lbpool.dev/test": "nowhere"}}}}}"#;
+    kubectl(&[
+        "patch",
+        "deployment",
+        "haproxy",
+        "-n",
+        &n,
+        "--type",
+        "merge",
+        "-p",
+        unschedulable,
+    ])
+    .expect("patch the Deployment");
+    let (_, _, message) = eventually("Ready=False/RolloutStuck", WAIT, || async {
+        match condition(&env, "webapp", "Ready").await {
+            Some(c) if c.0 == "False" && c.1 == "RolloutStuck" => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        message.contains("ProgressDeadlineExceeded") && message.contains("Deployment haproxy"),
+        "{message}"
+    );
+    // Fixed by hand: the rollout completes, and the pool says so.
+    let schedulable = r#"{"spec": {"template": {"spec": {"nodeSelector": null}}}}"#;
+    kubectl(&[
+        "patch",
+        "deployment",
+        "haproxy",
+        "-n",
+        &n,
+        "--type",
+        "merge",
+        "-p",
+        schedulable,
+    ])
+    .expect("patch the Deployment back");
+    eventually("Ready=True again", WAIT, || async {
+        match condition(&env, "webapp", "Ready").await {
+            Some(c) if c.0 == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_scaling_burst_rolls_at_most_once_per_interval() {
     let Demo {
         ns,

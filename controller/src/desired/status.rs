@@ -122,6 +122,22 @@ fn ready_condition(
                 ),
             )
         }
+        Some(Served {
+            stuck: Some(why),
+            complete: false,
+            status,
+            ..
+        }) => not_ready(
+            reason::ROLLOUT_STUCK,
+            format!(
+                "Deployment {} stopped rolling out config {}: {why}; {}/{} pods updated, {} ready (the pods of its previous rollout keep serving their config)",
+                pool.spec.haproxy.deployment,
+                config.revision(),
+                status.updated_replicas,
+                status.replicas,
+                status.ready_replicas
+            ),
+        ),
         _ => not_ready(
             reason::ROLLING_OUT,
             rolling_out_message(
@@ -397,6 +413,21 @@ mod tests {
         let (s, r, m) = ready_of(&status(&DeploymentState::Rolled { at: ts(9) }, &rolling));
         assert_eq!((s.as_str(), r.as_str()), ("False", reason::ROLLING_OUT));
         assert!(m.contains("1/2 pods updated"), "{m}");
+
+        // The rollout stopped progressing: said, with the Deployment's reason.
+        rolling.stuck =
+            Some("ProgressDeadlineExceeded: ReplicaSet \"x\" has timed out progressing.".into());
+        let (s, r, m) = ready_of(&status(&DeploymentState::UpToDate, &rolling));
+        assert_eq!((s.as_str(), r.as_str()), ("False", reason::ROLLOUT_STUCK));
+        assert!(m.contains("ProgressDeadlineExceeded"), "{m}");
+        assert!(m.contains("1/2 pods updated"), "{m}");
+        // Once complete, a stale condition does not count.
+        let mut done = complete(&rendered.hash);
+        done.stuck = rolling.stuck.clone();
+        assert_eq!(
+            ready_of(&status(&DeploymentState::UpToDate, &done)).0,
+            "True"
+        );
     }
 
     #[test]
