@@ -335,53 +335,45 @@ async fn a_rollout_that_cannot_progress_is_reported() {
     } = Demo::start("stuck", &DEMO).await;
     let n = ns.name.clone();
     env.converged(2).await;
-    // New HAProxy pods that no node takes, and a short progress deadline.
-    let unschedulable = r#"{"spec": {"progressDeadlineSeconds": 5,
-        "template": {"spec": {"nodeSelector": {"lbpool.dev/test": "nowhere"}}}}}"#;
-    kubectl(&[
-        "patch",
-        "deployment",
-        "haproxy",
-        "-n",
-        &n,
-        "--type",
-        "merge",
-        "-p",
-        unschedulable,
-    ])
-    .expect("patch the Deployment");
-    let (_, _, message) = eventually("Ready=False/RolloutStuck", WAIT, || async {
-        match condition(&env, "webapp", "Ready").await {
-            Some(c) if c.0 == "False" && c.1 == "RolloutStuck" => Ok(c),
-            other => Err(format!("{other:?}")),
+    let patch = |p: &str| {
+        kubectl(&[
+            "patch",
+            "deployment",
+            "haproxy",
+            "-n",
+            &n,
+            "--type",
+            "merge",
+            "-p",
+            p,
+        ])
+        .expect("patch the Deployment");
+    };
+    let ready = |status: &'static str, reason: &'static str| {
+        let env = &env;
+        async move {
+            eventually(&format!("Ready={status}/{reason}"), WAIT, || async {
+                match condition(env, "webapp", "Ready").await {
+                    Some(c) if c.0 == status && c.1 == reason => Ok(c.2),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await
         }
-    })
-    .await;
+    };
+    // New HAProxy pods that no node takes, and a short progress deadline.
+    patch(
+        r#"{"spec": {"progressDeadlineSeconds": 5,
+            "template": {"spec": {"nodeSelector": {"lbpool.dev/test": "nowhere"}}}}}"#,
+    );
+    let message = ready("False", "RolloutStuck").await;
     assert!(
         message.contains("ProgressDeadlineExceeded") && message.contains("Deployment haproxy"),
         "{message}"
     );
     // Fixed by hand: the rollout completes, and the pool says so.
-    let schedulable = r#"{"spec": {"template": {"spec": {"nodeSelector": null}}}}"#;
-    kubectl(&[
-        "patch",
-        "deployment",
-        "haproxy",
-        "-n",
-        &n,
-        "--type",
-        "merge",
-        "-p",
-        schedulable,
-    ])
-    .expect("patch the Deployment back");
-    eventually("Ready=True again", WAIT, || async {
-        match condition(&env, "webapp", "Ready").await {
-            Some(c) if c.0 == "True" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    patch(r#"{"spec": {"template": {"spec": {"nodeSelector": null}}}}"#);
+    ready("True", "Serving").await;
 }
 
 #[tokio::test]
