@@ -154,6 +154,20 @@ async fn get_with(port: u16, headers: &str) -> String {
         .to_owned()
 }
 
+/// The agent's applier for `haproxy`, which runs `running` from `file`.
+fn applier_for(haproxy: &Haproxy, file: &Path, running: &str) -> Applier {
+    Applier::new(
+        file.to_path_buf(),
+        haproxy.admin.clone(),
+        haproxy.master.clone(),
+        Box::new(
+            HaproxyValidator::new(lbpool_checker::haproxy::test_haproxy_bin())
+                .with_runtime_api(haproxy.admin.path().to_string_lossy().into_owned()),
+        ),
+        running,
+    )
+}
+
 fn write(path: &PathBuf, text: &str) {
     std::fs::write(path, text).expect("write the config");
 }
@@ -171,17 +185,7 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
         .await
         .expect("show proc");
     assert_eq!(get(port).await, "a");
-    let bin = lbpool_checker::haproxy::test_haproxy_bin();
-    let mut applier = Applier::new(
-        file.clone(),
-        haproxy.admin.clone(),
-        haproxy.master.clone(),
-        Box::new(
-            HaproxyValidator::new(bin)
-                .with_runtime_api(haproxy.admin.path().to_string_lossy().into_owned()),
-        ),
-        &v1,
-    );
+    let mut applier = applier_for(&haproxy, &file, &v1);
 
     // Scale: b added, a removed; through the Runtime API.
     let v2 = config(dir.path(), port, 100, &[("b", b)]);
@@ -276,16 +280,7 @@ async fn a_sticky_pool_scales_without_a_reload() {
     let before = runtime::processes(&haproxy.master)
         .await
         .expect("show proc");
-    let mut applier = Applier::new(
-        file.clone(),
-        haproxy.admin.clone(),
-        haproxy.master.clone(),
-        Box::new(
-            HaproxyValidator::new(lbpool_checker::haproxy::test_haproxy_bin())
-                .with_runtime_api(haproxy.admin.path().to_string_lossy().into_owned()),
-        ),
-        &v1,
-    );
+    let mut applier = applier_for(&haproxy, &file, &v1);
     let v2 = config_of(dir.path(), port, 100, &[("a", a), ("b", b)], true);
     assert_eq!(
         applier.apply(&v2).await.expect("apply v2"),
@@ -308,4 +303,88 @@ async fn a_sticky_pool_scales_without_a_reload() {
         .expect("show proc");
     assert_eq!(after.reloads, before.reloads, "no reload");
     assert_eq!(after.workers, before.workers, "the same worker");
+}
+
+/// A TCP server that accepts connections and never answers: a long
+/// connection.
+async fn silent() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn old_workers_stay_few_while_a_long_connection_is_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (web, hold) = (backend("a").await, silent().await);
+    let (port, hold_port) = (free_port(), free_port());
+    let file = dir.path().join("haproxy.cfg");
+    // The global lines lbpool's InPlace config carries (golden in-place.cfg),
+    // and a TCP proxy to a server that never answers.
+    let with_limits = |maxconn: u32| {
+        config(dir.path(), port, maxconn, &[("a", web)]).replace(
+            "global\n",
+            "global\n    hard-stop-after 30s\n    mworker-max-reloads 3\n",
+        ) + &format!(
+            "listen hold\n    mode tcp\n    bind 127.0.0.1:{hold_port}\n    server h {hold}\n"
+        )
+    };
+    let v0 = with_limits(100);
+    write(&file, &v0);
+    let haproxy = start(dir.path(), &file).await;
+    let mut applier = applier_for(&haproxy, &file, &v0);
+    let first = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc")
+        .workers;
+    let mut long = TcpStream::connect(("127.0.0.1", hold_port))
+        .await
+        .expect("connect");
+    long.write_all(b"hello").await.expect("write");
+    let started = Instant::now();
+    let mut most_old = 0;
+    for i in 1..=6 {
+        let next = with_limits(100 + i);
+        assert!(matches!(
+            applier.apply(&next).await.expect("apply"),
+            Outcome::Reload(_)
+        ));
+        let p = runtime::processes(&haproxy.master)
+            .await
+            .expect("show proc");
+        most_old = most_old.max(p.old_workers.len());
+    }
+    // The worker that holds the connection is stopped after 3 more reloads,
+    // long before hard-stop-after.
+    wait("the first worker to be stopped", || async {
+        runtime::processes(&haproxy.master).await.is_ok_and(|p| {
+            !p.old_workers
+                .iter()
+                .chain(&p.workers)
+                .any(|w| first.contains(w))
+        })
+    })
+    .await;
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), long.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the long connection ends with its worker: {closed:?}"
+    );
+    eprintln!(
+        "6 reloads with a long connection open: at most {most_old} old worker(s), the first stopped after {:?}",
+        started.elapsed()
+    );
+    assert!(most_old <= 3, "old workers: {most_old}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "stopped by mworker-max-reloads, not by hard-stop-after"
+    );
+    assert_eq!(get(port).await, "a");
 }

@@ -3,7 +3,9 @@
 //! and checked by the real `haproxy -c`. `UPDATE_GOLDEN=1 cargo test`
 //! rewrites the files; review the diff.
 
-use lbpool_crds::{Balance, CheckMethod, HealthCheck, LoadBalancerPool, Stats, StickySession};
+use lbpool_crds::{
+    Balance, CheckMethod, HealthCheck, LoadBalancerPool, ReloadStrategy, Stats, StickySession,
+};
 
 use lbpool_checker::Validator;
 use lbpool_checker::haproxy::test_validator as haproxy;
@@ -65,6 +67,11 @@ fn cases() -> Vec<Case> {
         ("balance-first", |p| p.spec.balance = Balance::First, 3),
         ("balance-random", |p| p.spec.balance = Balance::Random, 3),
         ("tcp-check", |_| {}, 3),
+        (
+            "in-place",
+            |p| p.spec.reload.strategy = ReloadStrategy::InPlace,
+            3,
+        ),
         (
             "http-check-get",
             |p| {
