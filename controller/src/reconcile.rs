@@ -259,6 +259,7 @@ async fn reconcile_pool(pool: &LoadBalancerPool, ctx: &Context) -> Result<Action
 /// rendered and checked, the ConfigMap and the Deployment claimed.
 async fn read(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<Input, Halt> {
     let min_interval = model::min_rollout_interval(&pool.spec)?;
+    let memory = ctx.memory.of(&pool_ref(pool));
     let model = model_of(pool, &ctx.caches, &apis.ns)?;
     let user_template = user_template(pool, apis).await?;
     let template = match &user_template {
@@ -269,13 +270,13 @@ async fn read(pool: &LoadBalancerPool, ctx: &Context, apis: &Apis) -> Result<Inp
         Template::BuiltIn => ctx.renderer.render(template, &model)?,
         Template::User { source, origin } => render_user(source, origin, &model).await?,
     };
-    validate(ctx, pool, template, &model, &config).await?;
+    let validated = memory.validated.as_deref();
+    validate(ctx, pool, template, &model, &config, validated).await?;
     // Last of the checks, right before the write: are the ConfigMap and
     // the Deployment this pool's?
     let (config_map, config_map_unlabelled) = claim_config_map(pool, &ctx.caches, &apis.ns)?;
     let deployment = claim_deployment(pool, &ctx.caches, &apis.ns)?;
     let strategy = Strategy::from(pool.spec.reload.strategy);
-    let memory = ctx.memory.of(&pool_ref(pool));
     let recorded = pool
         .status
         .as_ref()
@@ -454,13 +455,15 @@ async fn render_user(source: &str, origin: &str, model: &Model) -> Result<Render
 /// so a skeleton accepted once stands for every pool with those settings
 /// and every server set: a change of endpoints alone is not checked again.
 /// A user template may use the servers in any way; its whole config is
-/// checked whenever it changes.
+/// checked whenever it changes (`validated`: the hash last accepted for
+/// this pool).
 async fn validate(
     ctx: &Context,
     pool: &LoadBalancerPool,
     template: Template<'_>,
     model: &Model,
     config: &RenderedConfig,
+    validated: Option<&str>,
 ) -> Result<(), Halt> {
     let skeleton;
     let checked = match template {
@@ -472,7 +475,7 @@ async fn validate(
             &skeleton
         }
         Template::User { .. } => {
-            if ctx.memory.of(&pool_ref(pool)).validated.as_ref() == Some(&config.hash) {
+            if validated == Some(config.hash.as_str()) {
                 return Ok(());
             }
             config
