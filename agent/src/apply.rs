@@ -7,14 +7,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use lbpool_checker::haproxy::sanitize;
 use lbpool_checker::{ValidationError, Validator};
+use lbpool_wire::config_hash;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::plan::{Plan, plan};
-use crate::runtime::{self, RuntimeError, Socket};
+use crate::plan::{Change, Draining, Plan, plan, revive, split_address};
+use crate::runtime::{self, Reloaded, RuntimeError, Socket};
 
-/// How long a reload may take to show a new worker.
+/// How long a reload may take to show a new worker, when the master's
+/// answer does not say.
 const RELOAD_WAIT: Duration = Duration::from_secs(15);
 
 /// What applying a config took.
@@ -33,10 +36,20 @@ pub enum ApplyError {
     /// The allowlist or `haproxy -c` rejected the config: nothing was applied.
     #[error("the config was rejected: {0}")]
     Rejected(String),
+    /// HAProxy failed to load it at the reload (`haproxy -c` cannot see a
+    /// port in use): the old worker serves on, the file is rolled back.
+    #[error("HAProxy failed to load the config: {0}")]
+    LoadFailed(String),
     #[error(transparent)]
     Check(ValidationError),
     #[error("write {path}: {source}")]
     Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read {path}: {source}")]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -47,6 +60,21 @@ pub enum ApplyError {
     ReloadTimeout,
 }
 
+/// `file` with `suffix` after its whole name.
+fn beside(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    file.with_file_name(name)
+}
+
+/// The record of what HAProxy was last seen to run: the text of the last
+/// config applied and confirmed, beside the config file. The file itself
+/// is written before a reload that may fail or never happen (the agent
+/// killed in between); the record only after.
+pub fn record_of(file: &Path) -> PathBuf {
+    beside(file, ".served")
+}
+
 /// Replaces `file` whole (a new file renamed over it), so HAProxy never
 /// loads half of it.
 pub async fn write_whole(file: &Path, text: &str) -> Result<(), ApplyError> {
@@ -54,9 +82,18 @@ pub async fn write_whole(file: &Path, text: &str) -> Result<(), ApplyError> {
         path: file.to_owned(),
         source,
     };
-    let fresh = file.with_extension("next");
+    let fresh = beside(file, ".next");
     tokio::fs::write(&fresh, text).await.map_err(err)?;
     tokio::fs::rename(&fresh, file).await.map_err(err)
+}
+
+/// How the agent found a running HAProxy after its own restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// It runs the recorded config: file, record and servers agree.
+    Verified,
+    /// It was reloaded with the recorded config, because of this.
+    Reloaded(String),
 }
 
 /// The agent's hold on one HAProxy.
@@ -69,8 +106,10 @@ pub struct Applier {
     validator: Box<dyn Validator>,
     /// What HAProxy runs: the file it loaded and the changes made since.
     running: Config,
+    /// Its text.
+    text: String,
     /// Servers in maintenance whose connections are not done yet.
-    draining: Vec<(String, String)>,
+    draining: Vec<Draining>,
 }
 
 impl Applier {
@@ -88,12 +127,79 @@ impl Applier {
             master,
             validator,
             running: Config::parse(running),
+            text: running.to_owned(),
             draining: Vec::new(),
         }
     }
 
+    /// [`Applier::new`] for an HAProxy that was just seen running
+    /// `running`: recorded as served.
+    pub async fn started(
+        file: PathBuf,
+        admin: Socket,
+        master: Socket,
+        validator: Box<dyn Validator>,
+        running: &str,
+    ) -> Result<Self, ApplyError> {
+        let applier = Self::new(file, admin, master, validator, running);
+        applier.record().await?;
+        Ok(applier)
+    }
+
+    /// Takes over an HAProxy that runs already (the agent restarted): it
+    /// runs the recorded config if the file is that config and its servers
+    /// are what HAProxy has; otherwise the agent may have stopped between
+    /// writing a file and a reload, or between Runtime API changes and the
+    /// file, and the recorded config is reloaded so that what is reported is
+    /// what runs. Without a record (an agent that kept none), the file is
+    /// checked and reloaded.
+    pub async fn resume(
+        file: PathBuf,
+        admin: Socket,
+        master: Socket,
+        validator: Box<dyn Validator>,
+    ) -> Result<(Self, Resumed), ApplyError> {
+        let record = record_of(&file);
+        let on_disk = tokio::fs::read_to_string(&file).await.ok();
+        let recorded = tokio::fs::read_to_string(&record).await.ok();
+        let (text, checked) = match (recorded, on_disk) {
+            (Some(r), _) => (r, true),
+            (None, Some(f)) => (f, false),
+            (None, None) => {
+                return Err(ApplyError::Read {
+                    path: record,
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+        };
+        let mut applier = Self::new(file, admin, master, validator, &text);
+        let why = if !checked {
+            "no record of what it runs".to_owned()
+        } else if tokio::fs::read_to_string(&applier.file).await.ok().as_ref() != Some(&text) {
+            "the file is not the config it was last seen to run".to_owned()
+        } else {
+            match applier.servers_differ().await {
+                Ok(None) => return Ok((applier, Resumed::Verified)),
+                Ok(Some(why)) => why,
+                Err(e) => format!("show servers state: {e}"),
+            }
+        };
+        if !checked {
+            applier.check(&text).await?;
+        }
+        applier.write(&text).await?;
+        applier.reload().await?;
+        applier.record().await?;
+        Ok((applier, Resumed::Reloaded(why)))
+    }
+
+    /// The hash of the config HAProxy runs.
+    pub fn running_hash(&self) -> String {
+        config_hash(&self.text)
+    }
+
     /// Servers removed whose connections are not done yet.
-    pub fn draining(&self) -> &[(String, String)] {
+    pub fn draining(&self) -> &[Draining] {
         &self.draining
     }
 
@@ -104,9 +210,15 @@ impl Applier {
             Plan::Noop => return Ok(Outcome::Noop),
             Plan::Runtime(changes) => {
                 self.check(text).await?;
+                let changes = revive(changes, &self.draining);
                 match runtime::apply(&self.admin, &changes).await {
                     Ok(applied) => {
-                        self.draining.extend(applied.draining);
+                        self.revived(&changes);
+                        let removed = applied
+                            .draining
+                            .iter()
+                            .filter_map(|(b, s)| Draining::of(&self.running, b, s));
+                        self.draining.extend(removed.collect::<Vec<_>>());
                         self.write(text).await?;
                         Outcome::Runtime(changes.len())
                     }
@@ -115,7 +227,15 @@ impl Applier {
                     Err(e) => {
                         warn!(error = %e, "Runtime API change failed; reloading instead");
                         self.write(text).await?;
-                        self.reload().await?;
+                        if let Err(failed) = self.reload().await {
+                            // Back to the whole old config, in the file and
+                            // in the worker the changes were half made to.
+                            self.roll_back().await?;
+                            if let Err(again) = self.reload().await {
+                                warn!(error = %again, "reloading the last good config failed");
+                            }
+                            return Err(failed);
+                        }
                         Outcome::Reload(format!("the Runtime API failed: {e}"))
                     }
                 }
@@ -123,11 +243,16 @@ impl Applier {
             Plan::Reload(why) => {
                 self.check(text).await?;
                 self.write(text).await?;
-                self.reload().await?;
+                if let Err(e) = self.reload().await {
+                    self.roll_back().await?;
+                    return Err(e);
+                }
                 Outcome::Reload(why)
             }
         };
         self.running = next;
+        text.clone_into(&mut self.text);
+        self.record().await?;
         Ok(outcome)
     }
 
@@ -148,29 +273,97 @@ impl Applier {
     /// many are left.
     pub async fn delete_drained(&mut self) -> Result<usize, RuntimeError> {
         let mut left = Vec::new();
-        for (backend, server) in std::mem::take(&mut self.draining) {
-            if !runtime::delete(&self.admin, &backend, &server).await? {
-                left.push((backend, server));
+        for d in std::mem::take(&mut self.draining) {
+            if !runtime::delete(&self.admin, &d.backend, &d.server).await? {
+                left.push(d);
             }
         }
         self.draining = left;
         Ok(self.draining.len())
     }
 
+    /// Forgets the draining servers `changes` revived.
+    fn revived(&mut self, changes: &[Change]) {
+        for change in changes {
+            if let Change::Revive {
+                backend, server, ..
+            } = change
+            {
+                self.draining
+                    .retain(|d| (&d.backend, &d.server) != (backend, server));
+            }
+        }
+    }
+
+    /// Why the servers HAProxy has are not those of the running config, if
+    /// they are not (names and addresses, backend by backend).
+    async fn servers_differ(&self) -> Result<Option<String>, RuntimeError> {
+        let state = runtime::all_servers(&self.admin).await?;
+        for (name, backend) in &self.running.backends {
+            let mut have: Vec<(&str, &str, u16)> = state
+                .iter()
+                .filter(|s| &s.backend == name)
+                .map(|s| (s.server.as_str(), s.address.as_str(), s.port))
+                .collect();
+            let mut want: Vec<(&str, &str, u16)> = backend
+                .servers
+                .iter()
+                .filter_map(|(server, line)| {
+                    let (ip, port) = split_address(&line.address)?;
+                    Some((server.as_str(), ip, port))
+                })
+                .collect();
+            have.sort_unstable();
+            want.sort_unstable();
+            if have != want {
+                return Ok(Some(format!(
+                    "backend {name} has other servers than its config says"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     async fn write(&self, text: &str) -> Result<(), ApplyError> {
         write_whole(&self.file, text).await
     }
 
+    /// The running config back in the file, after a reload that failed.
+    async fn roll_back(&self) -> Result<(), ApplyError> {
+        write_whole(&self.file, &self.text).await
+    }
+
+    /// Records the running config as served ([`record_of`]).
+    async fn record(&self) -> Result<(), ApplyError> {
+        write_whole(&record_of(&self.file), &self.text).await
+    }
+
     /// Asks the master to reload and waits for the new worker; the old
     /// one finishes its connections (up to `hard-stop-after`). Servers that
-    /// were draining go with the old worker.
+    /// were draining go with the old worker. A config the new worker fails
+    /// to load is [`ApplyError::LoadFailed`], with HAProxy's alerts.
     async fn reload(&mut self) -> Result<(), ApplyError> {
         let before = runtime::processes(&self.master)
             .await
             .map_err(ApplyError::Reload)?;
-        runtime::reload(&self.master)
+        match runtime::reload(&self.master)
             .await
-            .map_err(ApplyError::Reload)?;
+            .map_err(ApplyError::Reload)?
+        {
+            Reloaded::Loaded => {
+                info!("reloaded");
+                self.draining.clear();
+                return Ok(());
+            }
+            Reloaded::Failed(log) => {
+                let text = tokio::fs::read_to_string(&self.file)
+                    .await
+                    .unwrap_or_default();
+                let why = sanitize(&log, &self.file.to_string_lossy(), &text);
+                return Err(ApplyError::LoadFailed(why));
+            }
+            Reloaded::Unknown => {}
+        }
         let started = Instant::now();
         while started.elapsed() < RELOAD_WAIT {
             tokio::time::sleep(Duration::from_millis(50)).await;

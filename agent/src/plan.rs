@@ -7,7 +7,7 @@
 //! scales without a reload too); a change it cannot make that way is a
 //! seamless reload, like any change outside the server lines.
 
-use crate::config::{Backend, Config, Server};
+use crate::config::{Backend, Config};
 
 /// What applying a config takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +41,42 @@ pub enum Change {
     /// Into maintenance (no new connection), then `del server` once its
     /// connections are done.
     Remove { backend: String, server: String },
+    /// A server back under the name of one still draining (in maintenance,
+    /// its connections not done): the same server, moved to `address` if
+    /// that changed, given `weight` and taken out of maintenance. `add
+    /// server` would fail on the name ("Already exists").
+    Revive {
+        backend: String,
+        server: String,
+        address: Option<String>,
+        weight: String,
+    },
+}
+
+/// A server removed while it still had connections: in maintenance until
+/// they end, then deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Draining {
+    pub backend: String,
+    pub server: String,
+    /// Its address and options (the backend's `default-server` options,
+    /// then its own) when it was removed.
+    pub address: String,
+    pub options: Vec<String>,
+}
+
+impl Draining {
+    /// `server` of `backend` in `config`, as it was when removed.
+    pub fn of(config: &Config, backend: &str, server: &str) -> Option<Self> {
+        let b = config.backends.get(backend)?;
+        let s = b.servers.get(server)?;
+        Some(Self {
+            backend: backend.to_owned(),
+            server: server.to_owned(),
+            address: s.address.clone(),
+            options: b.default_server.iter().chain(&s.options).cloned().collect(),
+        })
+    }
 }
 
 /// Options a server created at runtime accepts (each with its value, if
@@ -134,7 +170,8 @@ fn diff(
             }
             Some(have) if have == wanted => {}
             Some(have) => {
-                if without_weight(have) != without_weight(wanted) || have.address != wanted.address
+                if without_weight(&have.options) != without_weight(&wanted.options)
+                    || have.address != wanted.address
                 {
                     return Err(format!(
                         "server {backend}/{server} changed beyond its weight"
@@ -143,7 +180,7 @@ fn diff(
                 weights.push(Change::Weight {
                     backend: backend.to_owned(),
                     server: server.clone(),
-                    weight: weight(wanted).unwrap_or(DEFAULT_WEIGHT).to_owned(),
+                    weight: weight(&wanted.options).unwrap_or(DEFAULT_WEIGHT).to_owned(),
                 });
             }
         }
@@ -174,15 +211,65 @@ fn runtime_options(options: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn weight(server: &Server) -> Option<&str> {
-    let at = server.options.iter().position(|o| o == "weight")?;
-    server.options.get(at + 1).map(String::as_str)
+/// PURE: `changes` with every `add server` of a name still draining
+/// turned into a [`Change::Revive`] of that server, when only its address
+/// or weight differ; any other difference stays an `add` (which HAProxy
+/// refuses while the name exists: a reload).
+pub fn revive(changes: Vec<Change>, draining: &[Draining]) -> Vec<Change> {
+    changes
+        .into_iter()
+        .map(|change| {
+            let Change::Add {
+                backend,
+                server,
+                address,
+                options,
+            } = &change
+            else {
+                return change;
+            };
+            let Some(old) = draining
+                .iter()
+                .find(|d| &d.backend == backend && &d.server == server)
+            else {
+                return change;
+            };
+            if without_weight(options) != without_weight(&old.options) {
+                return change;
+            }
+            Change::Revive {
+                backend: backend.clone(),
+                server: server.clone(),
+                address: (*address != old.address).then(|| address.clone()),
+                weight: weight(options).unwrap_or(DEFAULT_WEIGHT).to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// `(ip, port)` of a server address as lbpool writes it: `10.0.0.7:3000`
+/// or `ipv6@2001:db8::7:3000`.
+pub fn split_address(address: &str) -> Option<(&str, u16)> {
+    let plain = address
+        .strip_prefix("ipv6@")
+        .or_else(|| address.strip_prefix("ipv4@"))
+        .unwrap_or(address);
+    let (ip, port) = plain.rsplit_once(':')?;
+    Some((
+        ip.trim_start_matches('[').trim_end_matches(']'),
+        port.parse().ok()?,
+    ))
+}
+
+fn weight(options: &[String]) -> Option<&str> {
+    let at = options.iter().position(|o| o == "weight")?;
+    options.get(at + 1).map(String::as_str)
 }
 
 /// The options without `weight <w>`.
-fn without_weight(server: &Server) -> Vec<&str> {
+fn without_weight(options: &[String]) -> Vec<&str> {
     let mut out = Vec::new();
-    let mut words = server.options.iter();
+    let mut words = options.iter();
     while let Some(w) = words.next() {
         if w == "weight" {
             words.next();
@@ -297,5 +384,64 @@ mod tests {
         let running = cfg(&["a 10.0.0.1:80 check"]);
         assert!(matches!(plan(&running, &cfg(&[])), Plan::Runtime(c) if c.len() == 1));
         assert!(matches!(plan(&cfg(&[]), &running), Plan::Runtime(c) if c.len() == 1));
+    }
+
+    fn draining(address: &str, options: &[&str]) -> Draining {
+        Draining {
+            backend: "be_web".into(),
+            server: "a".into(),
+            address: address.into(),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
+        }
+    }
+
+    fn add(address: &str) -> Change {
+        Change::Add {
+            backend: "be_web".into(),
+            server: "a".into(),
+            address: address.into(),
+            options: ["check"].map(String::from).to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_name_back_while_it_drains_is_revived_not_added() {
+        // Removed at weight 0 (it was terminating), back at the default.
+        let old = [draining("10.0.0.1:80", &["check", "weight", "0"])];
+        let revived = |address: Option<&str>| {
+            vec![Change::Revive {
+                backend: "be_web".into(),
+                server: "a".into(),
+                address: address.map(String::from),
+                weight: "1".into(),
+            }]
+        };
+        assert_eq!(revive(vec![add("10.0.0.1:80")], &old), revived(None));
+        // The same name at a new address (a StatefulSet pod): moved.
+        assert_eq!(
+            revive(vec![add("10.0.0.9:80")], &old),
+            revived(Some("10.0.0.9:80"))
+        );
+        // Other options: left an add (a reload); another name: an add.
+        let other = [draining("10.0.0.1:80", &["check", "maxconn", "5"])];
+        assert_eq!(
+            revive(vec![add("10.0.0.1:80")], &other),
+            vec![add("10.0.0.1:80")]
+        );
+        assert_eq!(
+            revive(vec![add("10.0.0.1:80")], &[]),
+            vec![add("10.0.0.1:80")]
+        );
+    }
+
+    #[test]
+    fn server_addresses_are_split() {
+        assert_eq!(split_address("10.0.0.7:3000"), Some(("10.0.0.7", 3000)));
+        assert_eq!(
+            split_address("ipv6@2001:db8::7:3000"),
+            Some(("2001:db8::7", 3000))
+        );
+        assert_eq!(split_address("[::1]:80"), Some(("::1", 80)));
+        assert_eq!(split_address("10.0.0.7"), None);
     }
 }

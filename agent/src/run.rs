@@ -34,7 +34,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::apply::{Applier, ApplyError, Outcome, write_whole};
+use crate::apply::{Applier, ApplyError, Outcome, Resumed, write_whole};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Socket};
 
@@ -194,29 +194,51 @@ impl Agent {
         mut wanted: watch::Receiver<Option<Wanted>>,
     ) -> anyhow::Result<()> {
         let master = Socket::new(&args.master_socket);
-        let validator = HaproxyValidator::new(&args.haproxy_bin)
-            .with_runtime_api(args.admin_socket.to_string_lossy().into_owned());
-        let running = self
-            .first_config(&args.file, &master, &validator, &mut wanted)
-            .await?;
-        self.health.started.store(true, Ordering::Release);
-        wait_for_haproxy(&master).await;
-        let mut applier = Applier::new(
-            args.file.clone(),
-            Socket::new(&args.admin_socket),
-            master,
-            Box::new(validator),
-            &running.text,
-        );
+        let admin = Socket::new(&args.admin_socket);
+        let validator = || {
+            Box::new(
+                HaproxyValidator::new(&args.haproxy_bin)
+                    .with_runtime_api(args.admin_socket.to_string_lossy().into_owned()),
+            )
+        };
+        let mut applier = if runtime::processes(&master).await.is_ok() {
+            // This agent restarted beside a running HAProxy.
+            self.health.started.store(true, Ordering::Release);
+            let (applier, how) = Applier::resume(args.file.clone(), admin, master, validator())
+                .await
+                .context("take over the running HAProxy")?;
+            match how {
+                Resumed::Verified => info!(
+                    config = revision(&applier.running_hash()),
+                    "HAProxy runs already; it serves the recorded config"
+                ),
+                Resumed::Reloaded(why) => info!(
+                    config = revision(&applier.running_hash()),
+                    %why,
+                    "HAProxy runs already; reloaded with the recorded config"
+                ),
+            }
+            applier
+        } else {
+            let first = self
+                .first_config(&args.file, validator().as_ref(), &mut wanted)
+                .await?;
+            self.health.started.store(true, Ordering::Release);
+            wait_for_haproxy(&master).await;
+            let applier = Applier::started(args.file.clone(), admin, master, validator(), &first)
+                .await
+                .context("record the first config")?;
+            info!(
+                config = revision(&applier.running_hash()),
+                "HAProxy serves its first config"
+            );
+            applier
+        };
         self.said = Said {
-            pool: running.pool.clone(),
-            served: Some(running.hash.clone()),
+            pool: wanted.borrow().as_ref().and_then(|w| w.pool.clone()),
+            served: Some(applier.running_hash()),
             rejected: None,
         };
-        info!(
-            config = revision(&running.hash),
-            "HAProxy serves its first config"
-        );
         // A config left to apply after a failure, retried at the next tick.
         let mut retry = false;
         loop {
@@ -245,27 +267,14 @@ impl Agent {
         }
     }
 
-    /// The config HAProxy starts with. If HAProxy already runs (this agent
-    /// restarted), the file it loaded; else the first config from the
-    /// ConfigMap that `haproxy -c` accepts, written to the file.
+    /// The config HAProxy starts with: the first from the ConfigMap that
+    /// `haproxy -c` accepts, written to the file. Returns its text.
     async fn first_config(
         &mut self,
         file: &Path,
-        master: &Socket,
         validator: &HaproxyValidator,
         wanted: &mut watch::Receiver<Option<Wanted>>,
-    ) -> anyhow::Result<Wanted> {
-        if runtime::processes(master).await.is_ok()
-            && let Ok(text) = tokio::fs::read_to_string(file).await
-        {
-            info!("HAProxy runs already; taking over its config file");
-            return Ok(Wanted {
-                hash: config_hash(&text),
-                pool: wanted.borrow().as_ref().and_then(|w| w.pool.clone()),
-                unpublished: None,
-                text,
-            });
-        }
+    ) -> anyhow::Result<String> {
         loop {
             let next = wanted.borrow_and_update().clone();
             if let Some(next) = next {
@@ -283,7 +292,7 @@ impl Agent {
                                 config = revision(&next.hash),
                                 "first config written; HAProxy may start"
                             );
-                            return Ok(next);
+                            return Ok(next.text);
                         }
                         Err(ValidationError::Rejected(message)) => {
                             self.refused(&next, &message);
@@ -352,11 +361,17 @@ impl Agent {
                 self.refused(&next, &message);
                 true
             }
+            Err(ApplyError::LoadFailed(message)) => {
+                self.metrics.failed("load");
+                self.refused(&next, &format!("HAProxy failed to load it: {message}"));
+                true
+            }
             Err(e) => {
                 let reason = match &e {
                     ApplyError::Rejected(_) => "rejected",
+                    ApplyError::LoadFailed(_) => "load",
                     ApplyError::Check(_) => "check",
-                    ApplyError::Write { .. } => "write",
+                    ApplyError::Write { .. } | ApplyError::Read { .. } => "write",
                     ApplyError::Reload(_) | ApplyError::ReloadTimeout => "reload",
                 };
                 self.metrics.failed(reason);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 
-use crate::plan::Change;
+use crate::plan::{Change, split_address};
 
 /// How long one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +131,30 @@ pub async fn apply(api: &Socket, changes: &[Change]) -> Result<Applied, RuntimeE
                 )
                 .await?;
             }
+            Change::Revive {
+                backend,
+                server,
+                address,
+                weight,
+            } => {
+                let name = format!("{backend}/{server}");
+                if let Some(address) = address {
+                    let (ip, port) =
+                        split_address(address).ok_or_else(|| RuntimeError::Refused {
+                            command: format!("set server {name} addr"),
+                            answer: format!("cannot read the address {address:?}"),
+                        })?;
+                    let command = format!("set server {name} addr {ip} port {port}");
+                    let answer = api.send(&command).await?;
+                    if !answer.contains("changed from") && !answer.contains("no need to change") {
+                        return Err(RuntimeError::Refused { command, answer });
+                    }
+                }
+                api.expect(&format!("set server {name} weight {weight}"), &[])
+                    .await?;
+                api.expect(&format!("set server {name} state ready"), &[])
+                    .await?;
+            }
             Change::Remove { backend, server } => {
                 api.expect(&format!("set server {backend}/{server} state maint"), &[])
                     .await?;
@@ -182,6 +206,11 @@ impl ServerState {
 pub async fn servers(api: &Socket, backend: &str) -> Result<Vec<ServerState>, RuntimeError> {
     let answer = api.send(&format!("show servers state {backend}")).await?;
     Ok(parse_servers_state(&answer))
+}
+
+/// The servers of every backend as HAProxy runs them now.
+pub async fn all_servers(api: &Socket) -> Result<Vec<ServerState>, RuntimeError> {
+    Ok(parse_servers_state(&api.send("show servers state").await?))
 }
 
 /// Parses `show servers state` (format 1): a version line, a `#` header,
@@ -247,19 +276,51 @@ pub async fn processes(master: &Socket) -> Result<Processes, RuntimeError> {
     Ok(parse_show_proc(&master.send("show proc").await?))
 }
 
+/// What the master said of a reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new worker loaded the config (`Success=1`).
+    Loaded,
+    /// It did not (`Success=0`): the old worker keeps serving. HAProxy's
+    /// startup messages.
+    Failed(String),
+    /// No verdict in the answer (the master closed the connection as it
+    /// re-executed): to be seen from `show proc`.
+    Unknown,
+}
+
 /// Asks the master to reload: it re-reads its config file and starts a new
 /// worker, which takes the listening sockets over from the old one (with
 /// `expose-fd listeners`); the old worker finishes its connections.
-pub async fn reload(master: &Socket) -> Result<(), RuntimeError> {
-    // The master answers nothing, or closes the connection as it re-execs.
+/// HAProxy 3.0's master answers once the new worker is up or has failed.
+pub async fn reload(master: &Socket) -> Result<Reloaded, RuntimeError> {
     match master.send("reload").await {
-        Ok(_) => Ok(()),
+        Ok(answer) => Ok(parse_reload(&answer)),
         Err(RuntimeError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::ConnectionReset =>
         {
-            Ok(())
+            Ok(Reloaded::Unknown)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// PURE: the master's answer to `reload`: `Success=<0|1>`, `--`, then the
+/// startup messages.
+pub fn parse_reload(answer: &str) -> Reloaded {
+    let mut lines = answer.lines();
+    let verdict = lines.next().map(str::trim);
+    let log = || {
+        lines
+            .clone()
+            .skip_while(|l| l.trim() == "--")
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    match verdict {
+        Some("Success=1") => Reloaded::Loaded,
+        Some("Success=0") => Reloaded::Failed(log()),
+        _ => Reloaded::Unknown,
     }
 }
 
@@ -302,5 +363,22 @@ mod tests {
                 old_workers: vec![22538],
             }
         );
+    }
+
+    #[test]
+    fn a_reload_verdict_is_read() {
+        assert_eq!(
+            parse_reload("Success=1\n--\n[NOTICE]   (1) : Loading success.\n"),
+            Reloaded::Loaded
+        );
+        assert_eq!(
+            parse_reload(
+                "Success=0\n--\n[ALERT]    (1) : Binding [h.cfg:10] for frontend fe: cannot bind socket\n[WARNING]  (1) : Loading failure!\n"
+            ),
+            Reloaded::Failed(
+                "[ALERT]    (1) : Binding [h.cfg:10] for frontend fe: cannot bind socket\n[WARNING]  (1) : Loading failure!".into()
+            )
+        );
+        assert_eq!(parse_reload(""), Reloaded::Unknown);
     }
 }

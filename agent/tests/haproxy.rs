@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lbpool_agent::apply::{Applier, ApplyError, Outcome};
+use lbpool_agent::apply::{Applier, ApplyError, Outcome, Resumed, record_of};
 use lbpool_agent::runtime::{self, Socket};
 use lbpool_checker::HaproxyValidator;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -154,9 +154,10 @@ async fn get_with(port: u16, headers: &str) -> String {
         .to_owned()
 }
 
-/// The agent's applier for `haproxy`, which runs `running` from `file`.
-fn applier_for(haproxy: &Haproxy, file: &Path, running: &str) -> Applier {
-    Applier::new(
+/// The agent's applier for `haproxy`, which runs `running` from `file`,
+/// as a started agent has it (the config recorded as served).
+async fn applier_for(haproxy: &Haproxy, file: &Path, running: &str) -> Applier {
+    Applier::started(
         file.to_path_buf(),
         haproxy.admin.clone(),
         haproxy.master.clone(),
@@ -166,26 +167,48 @@ fn applier_for(haproxy: &Haproxy, file: &Path, running: &str) -> Applier {
         ),
         running,
     )
+    .await
+    .expect("record the running config")
 }
 
 fn write(path: &PathBuf, text: &str) {
     std::fs::write(path, text).expect("write the config");
 }
 
+/// HAProxy has the worker it had `before`: no reload since.
+async fn assert_no_reload(haproxy: &Haproxy, before: &runtime::Processes) {
+    let after = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    assert_eq!(after.reloads, before.reloads, "no reload");
+    assert_eq!(after.workers, before.workers, "the same worker");
+}
+
+/// A temporary directory, a free port for the frontend, and the path of
+/// the config file in the directory.
+fn setup() -> (tempfile::TempDir, u16, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("haproxy.cfg");
+    (dir, free_port(), file)
+}
+
+/// HAProxy started on `text`, written to `file`.
+async fn run_on(dir: &Path, file: &PathBuf, text: &str) -> Haproxy {
+    write(file, text);
+    start(dir, file).await
+}
+
 #[tokio::test]
 async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, port, file) = setup();
     let (a, b) = (backend("a").await, backend("b").await);
-    let port = free_port();
-    let file = dir.path().join("haproxy.cfg");
     let v1 = config(dir.path(), port, 100, &[("a", a)]);
-    write(&file, &v1);
-    let haproxy = start(dir.path(), &file).await;
+    let haproxy = run_on(dir.path(), &file, &v1).await;
     let before = runtime::processes(&haproxy.master)
         .await
         .expect("show proc");
     assert_eq!(get(port).await, "a");
-    let mut applier = applier_for(&haproxy, &file, &v1);
+    let mut applier = applier_for(&haproxy, &file, &v1).await;
 
     // Scale: b added, a removed; through the Runtime API.
     let v2 = config(dir.path(), port, 100, &[("b", b)]);
@@ -270,17 +293,14 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
 
 #[tokio::test]
 async fn a_sticky_pool_scales_without_a_reload() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, port, file) = setup();
     let (a, b) = (backend("a").await, backend("b").await);
-    let port = free_port();
-    let file = dir.path().join("haproxy.cfg");
     let v1 = config_of(dir.path(), port, 100, &[("a", a)], true);
-    write(&file, &v1);
-    let haproxy = start(dir.path(), &file).await;
+    let haproxy = run_on(dir.path(), &file, &v1).await;
     let before = runtime::processes(&haproxy.master)
         .await
         .expect("show proc");
-    let mut applier = applier_for(&haproxy, &file, &v1);
+    let mut applier = applier_for(&haproxy, &file, &v1).await;
     let v2 = config_of(dir.path(), port, 100, &[("a", a), ("b", b)], true);
     assert_eq!(
         applier.apply(&v2).await.expect("apply v2"),
@@ -298,11 +318,7 @@ async fn a_sticky_pool_scales_without_a_reload() {
         assert_eq!(get_with(port, "cookie: SRV=b\r\n").await, "b");
         assert_eq!(get_with(port, "cookie: SRV=a\r\n").await, "a");
     }
-    let after = runtime::processes(&haproxy.master)
-        .await
-        .expect("show proc");
-    assert_eq!(after.reloads, before.reloads, "no reload");
-    assert_eq!(after.workers, before.workers, "the same worker");
+    assert_no_reload(&haproxy, &before).await;
 }
 
 /// A TCP server that accepts connections and never answers: a long
@@ -321,10 +337,9 @@ async fn silent() -> SocketAddr {
 
 #[tokio::test]
 async fn old_workers_stay_few_while_a_long_connection_is_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, port, file) = setup();
     let (web, hold) = (backend("a").await, silent().await);
-    let (port, hold_port) = (free_port(), free_port());
-    let file = dir.path().join("haproxy.cfg");
+    let hold_port = free_port();
     // The global lines lbpool's InPlace config carries (golden in-place.cfg),
     // and a TCP proxy to a server that never answers.
     let with_limits = |maxconn: u32| {
@@ -336,9 +351,8 @@ async fn old_workers_stay_few_while_a_long_connection_is_open() {
         )
     };
     let v0 = with_limits(100);
-    write(&file, &v0);
-    let haproxy = start(dir.path(), &file).await;
-    let mut applier = applier_for(&haproxy, &file, &v0);
+    let haproxy = run_on(dir.path(), &file, &v0).await;
+    let mut applier = applier_for(&haproxy, &file, &v0).await;
     let first = runtime::processes(&haproxy.master)
         .await
         .expect("show proc")
@@ -387,4 +401,287 @@ async fn old_workers_stay_few_while_a_long_connection_is_open() {
         "stopped by mworker-max-reloads, not by hard-stop-after"
     );
     assert_eq!(get(port).await, "a");
+}
+
+/// A TCP server that echoes what it reads, on every connection.
+async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `word` on `conn` and reads it back.
+async fn echoes(conn: &mut TcpStream, word: &str) -> bool {
+    if conn.write_all(word.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; word.len()];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    ) && buf == word.as_bytes()
+}
+
+#[tokio::test]
+async fn a_server_with_a_live_connection_drains_and_its_name_comes_back_without_a_reload() {
+    let (dir, port, file) = setup();
+    let (web, first, second) = (backend("a").await, echo().await, echo().await);
+    let tcp_port = free_port();
+    let with_tcp = |servers: &[(&str, SocketAddr)]| {
+        let mut text = config(dir.path(), port, 100, &[("a", web)]);
+        text.push_str(&format!(
+            "listen tcp\n    mode tcp\n    bind 127.0.0.1:{tcp_port}\n"
+        ));
+        for (name, addr) in servers {
+            text.push_str(&format!("    server {name} {addr}\n"));
+        }
+        text
+    };
+    let v1 = with_tcp(&[("e", first)]);
+    let haproxy = run_on(dir.path(), &file, &v1).await;
+    let mut applier = applier_for(&haproxy, &file, &v1).await;
+    let before = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    let e = || async {
+        runtime::servers(&haproxy.admin, "tcp")
+            .await
+            .expect("servers")
+            .into_iter()
+            .find(|s| s.server == "e")
+    };
+    let mut long = TcpStream::connect(("127.0.0.1", tcp_port))
+        .await
+        .expect("connect");
+    assert!(echoes(&mut long, "one").await);
+
+    // Scaled away with the connection open: in maintenance, not deleted.
+    let without = with_tcp(&[]);
+    assert_eq!(
+        applier.apply(&without).await.expect("remove e"),
+        Outcome::Runtime(1)
+    );
+    assert_eq!(applier.draining().len(), 1, "e has a connection: it drains");
+    assert_eq!(applier.delete_drained().await.expect("delete drained"), 1);
+    let draining = e().await.expect("e is still in show servers state");
+    assert!(
+        !draining.live(),
+        "no new connection goes to e: {draining:?}"
+    );
+    assert!(
+        echoes(&mut long, "two").await,
+        "the open connection keeps working"
+    );
+
+    // The name back while it drains, at another address: no reload.
+    let back = with_tcp(&[("e", second)]);
+    assert_eq!(
+        applier.apply(&back).await.expect("e back"),
+        Outcome::Runtime(1)
+    );
+    assert!(applier.draining().is_empty(), "e revived, not draining");
+    let revived = e().await.expect("e");
+    assert!(
+        revived.live() && revived.port == second.port(),
+        "e takes traffic at its new address: {revived:?}"
+    );
+    assert!(
+        echoes(&mut long, "three").await,
+        "the old connection still works"
+    );
+    let mut fresh = TcpStream::connect(("127.0.0.1", tcp_port))
+        .await
+        .expect("connect");
+    assert!(echoes(&mut fresh, "four").await);
+
+    // Away again; once its connections end it is deleted.
+    assert_eq!(
+        applier.apply(&without).await.expect("remove e"),
+        Outcome::Runtime(1)
+    );
+    assert_eq!(applier.draining().len(), 1);
+    drop((long, fresh));
+    let started = Instant::now();
+    while applier.delete_drained().await.expect("delete drained") > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "e was not deleted after its connections ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(e().await.is_none(), "e is gone from show servers state");
+    assert_no_reload(&haproxy, &before).await;
+}
+
+#[tokio::test]
+async fn a_config_haproxy_fails_to_load_is_rolled_back_and_stays_so_after_a_restart() {
+    let (dir, port, file) = setup();
+    let a = backend("a").await;
+    let v1 = config(dir.path(), port, 100, &[("a", a)]);
+    let mut haproxy = run_on(dir.path(), &file, &v1).await;
+    let mut applier = applier_for(&haproxy, &file, &v1).await;
+    // A port someone else holds: `haproxy -c` accepts it, binding fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let v2 = v1.replace(
+        &format!("bind 127.0.0.1:{port}\n"),
+        &format!("bind 127.0.0.1:{port}\n    bind 127.0.0.1:{taken_port}\n"),
+    );
+    assert_ne!(v1, v2);
+    match applier.apply(&v2).await {
+        Err(ApplyError::LoadFailed(message)) => assert!(
+            message.contains("cannot bind") && !message.contains(&dir.path().to_string_lossy()[..]),
+            "HAProxy's reason, without the agent's paths: {message}"
+        ),
+        other => panic!("a config that fails at reload: {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("file"),
+        v1,
+        "rolled back"
+    );
+    assert_eq!(applier.running_hash(), lbpool_wire::config_hash(&v1));
+    assert_eq!(get(port).await, "a", "the old worker serves on");
+
+    // The HAProxy container restarts: it loads the last good config.
+    drop(haproxy);
+    haproxy = start(dir.path(), &file).await;
+    assert_eq!(get(port).await, "a");
+    // And the agent taking over after its own restart finds it verified.
+    let (resumed, how) = resume(&haproxy, &file).await;
+    assert_eq!(how, Resumed::Verified);
+    assert_eq!(resumed.running_hash(), lbpool_wire::config_hash(&v1));
+}
+
+#[tokio::test]
+async fn after_its_restart_the_agent_reports_only_what_haproxy_runs() {
+    let (dir, port, file) = setup();
+    let (a, b) = (backend("a").await, backend("b").await);
+    let v1 = config(dir.path(), port, 100, &[("a", a)]);
+    let haproxy = run_on(dir.path(), &file, &v1).await;
+    // What a started agent records.
+    write(&record_of(&file), &v1);
+    let reloads = || async {
+        runtime::processes(&haproxy.master)
+            .await
+            .expect("show proc")
+            .reloads
+    };
+    let r0 = reloads().await;
+
+    // Killed between writing the next config and reloading HAProxy.
+    let v2 = config(dir.path(), port, 200, &[("a", a)]);
+    write(&file, &v2);
+    let (applier, how) = resume(&haproxy, &file).await;
+    assert!(matches!(how, Resumed::Reloaded(_)), "{how:?}");
+    assert_eq!(
+        applier.running_hash(),
+        lbpool_wire::config_hash(&v1),
+        "reports what HAProxy runs, not the file it never loaded"
+    );
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), v1);
+    assert_eq!(reloads().await, r0 + 1);
+    assert!(
+        haproxy
+            .admin
+            .send("show info")
+            .await
+            .expect("show info")
+            .contains("Maxconn: 100")
+    );
+    drop(applier);
+
+    // Killed between a Runtime API change and the file: HAProxy has a
+    // server the file lacks.
+    haproxy
+        .admin
+        .send(&format!("add server be_web/b {b}"))
+        .await
+        .expect("add server");
+    let (applier, how) = resume(&haproxy, &file).await;
+    assert!(
+        matches!(&how, Resumed::Reloaded(why) if why.contains("other servers")),
+        "{how:?}"
+    );
+    assert_eq!(applier.running_hash(), lbpool_wire::config_hash(&v1));
+    let servers = runtime::servers(&haproxy.admin, "be_web")
+        .await
+        .expect("servers");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    drop(applier);
+
+    // Nothing amiss: taken over as it is, no reload.
+    let r = reloads().await;
+    let (applier, how) = resume(&haproxy, &file).await;
+    assert_eq!(how, Resumed::Verified);
+    assert_eq!(applier.running_hash(), lbpool_wire::config_hash(&v1));
+    assert_eq!(reloads().await, r);
+}
+
+/// The agent taking over `haproxy` after its own restart.
+async fn resume(haproxy: &Haproxy, file: &Path) -> (Applier, Resumed) {
+    Applier::resume(
+        file.to_path_buf(),
+        haproxy.admin.clone(),
+        haproxy.master.clone(),
+        Box::new(lbpool_checker::haproxy::test_validator()),
+    )
+    .await
+    .expect("resume")
+}
+
+#[tokio::test]
+async fn a_source_pool_scales_without_a_reload_with_consistent_hashing() {
+    let (dir, port, file) = setup();
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let source = |hash: &str, servers: &[(&str, SocketAddr)]| {
+        config(dir.path(), port, 100, servers)
+            .replace("balance roundrobin", &format!("balance source{hash}"))
+    };
+    let consistent = "\n    hash-type consistent";
+    let v1 = source(consistent, &[("a", a)]);
+    let haproxy = run_on(dir.path(), &file, &v1).await;
+    let mut applier = applier_for(&haproxy, &file, &v1).await;
+    let before = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    let v2 = source(consistent, &[("a", a), ("b", b)]);
+    assert_eq!(
+        applier.apply(&v2).await.expect("apply v2"),
+        Outcome::Runtime(1)
+    );
+    let v3 = source(consistent, &[("b", b)]);
+    assert_eq!(
+        applier.apply(&v3).await.expect("apply v3"),
+        Outcome::Runtime(1)
+    );
+    wait("b to be live", || async {
+        runtime::servers(&haproxy.admin, "be_web")
+            .await
+            .is_ok_and(|s| s.len() == 1 && s[0].live())
+    })
+    .await;
+    assert_eq!(get(port).await, "b");
+    assert_no_reload(&haproxy, &before).await;
+
+    // Why lbpool renders `hash-type consistent`: with HAProxy's default
+    // map-based hash, `add server` is refused and a scale event reloads.
+    let v4 = source("", &[("b", b)]);
+    assert!(matches!(
+        applier.apply(&v4).await.expect("apply v4"),
+        Outcome::Reload(_)
+    ));
+    let v5 = source("", &[("b", b), ("c", c)]);
+    match applier.apply(&v5).await.expect("apply v5") {
+        Outcome::Reload(why) => assert!(why.contains("Runtime API"), "{why}"),
+        other => panic!("a map-based source pool reloads to scale: {other:?}"),
+    }
 }
