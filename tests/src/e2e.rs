@@ -575,6 +575,55 @@ pub struct Load {
 struct Tally {
     latencies: Vec<Duration>,
     errors: BTreeMap<String, u64>,
+    slowest: Vec<Slow>,
+    /// The longest time from connected to answered.
+    served_max: Duration,
+    /// Connections that took a SYN retransmission (1 s or more).
+    retransmitted: u64,
+}
+
+/// Linux's initial retransmission timeout: a connect that took this long
+/// waited for its SYN to be sent again.
+const SYN_RETRANSMISSION: Duration = Duration::from_secs(1);
+
+/// One of the slowest requests of a [`Load`]: when it started, how long
+/// its TCP handshake and the whole request took, and who answered.
+#[derive(Clone, Debug)]
+pub struct Slow {
+    pub at: Duration,
+    pub connected: Duration,
+    pub took: Duration,
+    pub answer: String,
+}
+
+impl std::fmt::Display for Slow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "at +{:.1?}: {:.1?} ({:.1?} to connect), {}",
+            self.at, self.took, self.connected, self.answer
+        )
+    }
+}
+
+impl Tally {
+    /// How many slow requests a report names.
+    const SLOWEST: usize = 5;
+
+    fn record(&mut self, slow: Slow) {
+        self.latencies.push(slow.took);
+        self.served_max = self
+            .served_max
+            .max(slow.took.saturating_sub(slow.connected));
+        if slow.connected >= SYN_RETRANSMISSION {
+            self.retransmitted += 1;
+        }
+        if self.slowest.len() < Self::SLOWEST || self.slowest.iter().any(|s| s.took < slow.took) {
+            self.slowest.push(slow);
+            self.slowest.sort_by_key(|s| std::cmp::Reverse(s.took));
+            self.slowest.truncate(Self::SLOWEST);
+        }
+    }
 }
 
 /// What a [`Load`] saw.
@@ -587,17 +636,36 @@ pub struct LoadReport {
     pub p99: Duration,
     pub max: Duration,
     pub took: Duration,
+    /// The slowest requests, slowest first.
+    pub slowest: Vec<Slow>,
+    /// The longest time from connection established to last byte: what
+    /// HAProxy, the agent and the controller account for, without the TCP
+    /// handshake through kube-proxy's NAT.
+    pub served_max: Duration,
+    /// Connections whose SYN was sent again (the handshake took 1 s or more).
+    pub retransmitted: u64,
 }
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests in {:.1?}, {} failed, latency p50 {:.1?} p99 {:.1?} max {:.1?}",
-            self.sent, self.took, self.failed, self.p50, self.p99, self.max
+            "{} requests in {:.1?}, {} failed, latency p50 {:.1?} p99 {:.1?} max {:.1?}; \
+             once connected max {:.1?}; {} connection(s) waited for a SYN retransmission",
+            self.sent,
+            self.took,
+            self.failed,
+            self.p50,
+            self.p99,
+            self.max,
+            self.served_max,
+            self.retransmitted
         )?;
         for (e, n) in self.errors.iter().take(10) {
             write!(f, "\n  {n}x {e}")?;
+        }
+        for s in &self.slowest {
+            write!(f, "\n  slow: {s}")?;
         }
         Ok(())
     }
@@ -621,17 +689,30 @@ impl Load {
                         && tally.latencies.len() < per_worker
                     {
                         let t = Instant::now();
-                        match http::get(target, "/", Duration::from_secs(10)).await {
-                            Ok(r) if r.status == 200 => {}
-                            Ok(r) => {
-                                *tally
-                                    .errors
-                                    .entry(format!("HTTP {}", r.status))
-                                    .or_default() += 1
-                            }
-                            Err(e) => *tally.errors.entry(e).or_default() += 1,
-                        }
-                        tally.latencies.push(t.elapsed());
+                        let at = started.elapsed();
+                        let (connected, answer) =
+                            match http::get(target, "/", Duration::from_secs(10)).await {
+                                Ok(r) => {
+                                    if r.status != 200 {
+                                        *tally
+                                            .errors
+                                            .entry(format!("HTTP {}", r.status))
+                                            .or_default() += 1;
+                                    }
+                                    let host = r.webapp_host().unwrap_or_default();
+                                    (r.connected, format!("HTTP {} from {host}", r.status))
+                                }
+                                Err(e) => {
+                                    *tally.errors.entry(e.clone()).or_default() += 1;
+                                    (Duration::ZERO, e)
+                                }
+                            };
+                        tally.record(Slow {
+                            at,
+                            connected,
+                            took: t.elapsed(),
+                            answer,
+                        });
                     }
                     tally
                 })
@@ -644,13 +725,23 @@ impl Load {
         }
     }
 
+    /// Time since the load started (the time base of [`Slow::at`]).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     pub async fn stop(self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
         let mut latencies = Vec::new();
         let mut errors = BTreeMap::new();
+        let mut slowest = Vec::new();
+        let (mut served_max, mut retransmitted) = (Duration::ZERO, 0);
         for w in self.workers {
             let tally = w.await.expect("load worker");
             latencies.extend(tally.latencies);
+            slowest.extend(tally.slowest);
+            served_max = served_max.max(tally.served_max);
+            retransmitted += tally.retransmitted;
             for (e, n) in tally.errors {
                 *errors.entry(e).or_default() += n;
             }
@@ -670,6 +761,13 @@ impl Load {
             max: latencies.last().copied().unwrap_or_default(),
             took: self.started.elapsed(),
             errors,
+            slowest: {
+                slowest.sort_by_key(|s| std::cmp::Reverse(s.took));
+                slowest.truncate(Tally::SLOWEST);
+                slowest
+            },
+            served_max,
+            retransmitted,
         }
     }
 }

@@ -15,6 +15,9 @@ pub struct Response {
     pub body: String,
     /// From connect to the last byte.
     pub took: Duration,
+    /// From the start to the connection established (the TCP handshake,
+    /// through kube-proxy's rules for a Service).
+    pub connected: Duration,
 }
 
 impl Response {
@@ -34,10 +37,12 @@ pub async fn request(
     timeout: Duration,
 ) -> Result<Response, String> {
     let started = Instant::now();
+    let mut connected = Duration::ZERO;
     let io = async {
         let mut stream = TcpStream::connect(target)
             .await
             .map_err(|e| format!("connect: {}", e.kind()))?;
+        connected = started.elapsed();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: lbpool\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
@@ -56,6 +61,7 @@ pub async fn request(
         .await
         .unwrap_or_else(|_| Err(format!("timeout after {timeout:?}")))?;
     response.took = started.elapsed();
+    response.connected = connected;
     Ok(response)
 }
 
@@ -84,6 +90,7 @@ fn parse(raw: &[u8]) -> Result<Response, String> {
         status,
         body: dechunk(&body),
         took: Duration::ZERO,
+        connected: Duration::ZERO,
     })
 }
 

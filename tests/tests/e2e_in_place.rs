@@ -51,9 +51,13 @@ async fn e2e_in_place_scaling_under_load_reloads_and_restarts_nothing() {
     let load = Load::start(demo.frontend, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     for n in [6, 2] {
+        println!("InPlace: +{:.1?} scaling to {n}", load.elapsed());
         demo.env.set_replicas(n as i32).await;
         demo.served_in_place(n).await;
-        println!("InPlace: HAProxy serves {n} webapp pods");
+        println!(
+            "InPlace: +{:.1?} HAProxy serves {n} webapp pods",
+            load.elapsed()
+        );
     }
     demo.webapp_pods_left(2).await;
     let report = load.stop().await;
