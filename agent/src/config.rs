@@ -94,6 +94,81 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Whether every server line is of the narrow grammar lbpool renders
+    /// ([`Server::rendered`]) and no two servers of a backend share a
+    /// cookie. A config that differs from an accepted one only in such
+    /// lines passes `haproxy -c` too (the property test in
+    /// `tests/fast_path.rs`), so the agent applies it without the check.
+    pub fn servers_rendered(&self) -> bool {
+        self.backends.values().all(|b| {
+            let mut cookies = std::collections::BTreeSet::new();
+            b.unreadable.is_none()
+                && b.servers.iter().all(|(name, server)| {
+                    server.rendered(name)
+                        && server.cookie().is_none_or(|c| cookies.insert(c.to_owned()))
+                })
+        })
+    }
+}
+
+/// The longest server name or cookie lbpool renders: a pod name.
+const NAME_MAX: usize = 253;
+
+/// A pod name as lbpool renders it into a server name or cookie.
+fn rendered_name(name: &str) -> bool {
+    (1..=NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+/// `10.0.0.7:3000` or `ipv6@2001:db8::7:3000`, port 1 to 65535.
+fn rendered_address(address: &str) -> bool {
+    let port_ok = |port: &str| port.parse::<u16>().is_ok_and(|p| p > 0);
+    match address.strip_prefix("ipv6@") {
+        Some(v6) => v6
+            .rsplit_once(':')
+            .is_some_and(|(ip, port)| ip.parse::<std::net::Ipv6Addr>().is_ok() && port_ok(port)),
+        None => address
+            .rsplit_once(':')
+            .is_some_and(|(ip, port)| ip.parse::<std::net::Ipv4Addr>().is_ok() && port_ok(port)),
+    }
+}
+
+impl Server {
+    /// Whether this is a line lbpool renders: `<name> <address>` and at
+    /// most once each `check`, `weight <0-256>`, `cookie <name>`.
+    pub fn rendered(&self, name: &str) -> bool {
+        let mut seen = Vec::new();
+        let mut words = self.options.iter();
+        while let Some(word) = words.next() {
+            if seen.contains(&word) {
+                return false;
+            }
+            seen.push(word);
+            let ok = match word.as_str() {
+                "check" => true,
+                "weight" => words.next().is_some_and(|w| {
+                    w.parse::<u16>().is_ok_and(|w| w <= 256) && !w.starts_with('+')
+                }),
+                "cookie" => words.next().is_some_and(|c| rendered_name(c)),
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        rendered_name(name) && rendered_address(&self.address)
+    }
+
+    /// The value of its `cookie` option.
+    pub fn cookie(&self) -> Option<&str> {
+        let at = self.options.iter().position(|o| o == "cookie")?;
+        self.options.get(at + 1).map(String::as_str)
+    }
+}
+
 fn read_server(backend: &mut Backend, line: &str, words: &[&str]) {
     let plain = !line.contains(['"', '\'', '\\', '#']);
     match (plain, words) {
@@ -170,5 +245,56 @@ backend be_web
         let c = Config::parse("peers p\n    server a 10.0.0.1:1024\n");
         assert!(c.backends.is_empty());
         assert!(c.skeleton.contains("server a"));
+    }
+
+    fn server(address: &str, options: &[&str]) -> Server {
+        Server {
+            address: address.into(),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_the_lines_lbpool_renders_are_rendered() {
+        for (name, s) in [
+            ("web-1", server("10.244.0.7:3000", &["check"])),
+            (
+                "web-1",
+                server("ipv6@2001:db8::7:3000", &["check", "weight", "0"]),
+            ),
+            (
+                "w.1_a",
+                server("10.0.0.1:1", &["check", "cookie", "w.1_a", "weight", "256"]),
+            ),
+            ("web", server("10.0.0.1:65535", &[])),
+        ] {
+            assert!(s.rendered(name), "{name} {s:?}");
+        }
+        for (name, s) in [
+            ("web", server("10.0.0.1:80", &["check", "send-proxy"])),
+            ("web", server("10.0.0.1:80", &["check", "check"])),
+            ("web", server("10.0.0.1:80", &["weight", "257"])),
+            ("web", server("10.0.0.1:80", &["weight", "+1"])),
+            ("web", server("10.0.0.1:80", &["weight"])),
+            ("web", server("10.0.0.1:80", &["cookie", "a,b"])),
+            ("web", server("10.0.0.1:0", &[])),
+            ("web", server("10.0.0.256:80", &[])),
+            ("web", server("2001:db8::7:80", &[])),
+            ("web", server("example.com:80", &[])),
+            ("web", server("unix@/x", &[])),
+            ("we/b", server("10.0.0.1:80", &[])),
+            ("", server("10.0.0.1:80", &[])),
+        ] {
+            assert!(!s.rendered(name), "{name} {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_cookie_used_twice_is_not_rendered_by_lbpool() {
+        let twice = Config::parse(&format!(
+            "{CFG}    server web-3 10.0.0.3:3000 check cookie c\n    server web-4 10.0.0.4:3000 check cookie c\n"
+        ));
+        assert!(!twice.servers_rendered());
+        assert!(Config::parse(CFG).servers_rendered());
     }
 }

@@ -685,3 +685,75 @@ async fn a_source_pool_scales_without_a_reload_with_consistent_hashing() {
         other => panic!("a map-based source pool reloads to scale: {other:?}"),
     }
 }
+
+/// The agent's real validator, counting its checks.
+#[derive(Debug)]
+struct Counting {
+    validator: HaproxyValidator,
+    checks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl lbpool_checker::Validator for Counting {
+    fn check<'a>(
+        &'a self,
+        config: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), lbpool_checker::ValidationError>> {
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.validator.check(config)
+    }
+}
+
+#[tokio::test]
+async fn rendered_server_changes_skip_haproxy_c_anything_else_is_checked() {
+    let (dir, port, file) = setup();
+    let a = backend("a").await;
+    // 1 000 servers on this machine (closed ports, no health check): what a
+    // check costs at that size.
+    let many = |n: usize, extra: &str| {
+        let mut text = config(dir.path(), port, 100, &[("a", a)]);
+        for i in 0..n {
+            text.push_str(&format!(
+                "    server s{i} 127.0.{}.{}:9{extra}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+        text
+    };
+    let v1 = many(1000, "");
+    let haproxy = run_on(dir.path(), &file, &v1).await;
+    let counting = Counting {
+        validator: HaproxyValidator::new(lbpool_checker::haproxy::test_haproxy_bin())
+            .with_runtime_api(haproxy.admin.path().to_string_lossy().into_owned()),
+        checks: Default::default(),
+    };
+    let checks = counting.checks.clone();
+    let mut applier = Applier::started(
+        file.clone(),
+        haproxy.admin.clone(),
+        haproxy.master.clone(),
+        Box::new(counting),
+        &v1,
+    )
+    .await
+    .expect("record");
+    let count = || checks.load(std::sync::atomic::Ordering::Relaxed);
+
+    let started = Instant::now();
+    let v2 = many(999, "");
+    assert_eq!(applier.apply(&v2).await.expect("v2"), Outcome::Runtime(1));
+    let fast = started.elapsed();
+    assert_eq!(count(), 0, "a rendered server change is not checked");
+
+    // A new server with an option lbpool does not render: checked, though
+    // the Runtime API applies it.
+    let started = Instant::now();
+    let v3 = format!("{v2}    server extra 127.0.9.9:9 maxconn 5\n");
+    assert_eq!(applier.apply(&v3).await.expect("v3"), Outcome::Runtime(1));
+    let checked = started.elapsed();
+    assert_eq!(count(), 1, "anything else is checked");
+    eprintln!(
+        "at 1 000 servers: a rendered change applied in {fast:?} without haproxy -c, one with an option lbpool does not render in {checked:?}"
+    );
+}
