@@ -13,7 +13,7 @@ use lbpool_checker::{ValidationError, Validator};
 use lbpool_wire::config_hash;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, binds};
 use crate::plan::{Change, Draining, Plan, plan, revive, split_address};
 use crate::runtime::{self, Reloaded, RuntimeError, Socket};
 
@@ -86,6 +86,20 @@ pub async fn write_whole(file: &Path, text: &str) -> Result<(), ApplyError> {
     let fresh = beside(file, ".next");
     tokio::fs::write(&fresh, text).await.map_err(err)?;
     tokio::fs::rename(&fresh, file).await.map_err(err)
+}
+
+/// Binds and listens on `address` as HAProxy does (address and port
+/// reuse), then lets go.
+fn try_bind(address: std::net::SocketAddr) -> std::io::Result<()> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(1).map(drop)
 }
 
 /// How the agent found a running HAProxy after its own restart.
@@ -194,6 +208,11 @@ impl Applier {
         Ok((applier, Resumed::Reloaded(why)))
     }
 
+    /// HAProxy's Runtime API.
+    pub fn admin(&self) -> &Socket {
+        &self.admin
+    }
+
     /// The hash of the config HAProxy runs.
     pub fn running_hash(&self) -> String {
         config_hash(&self.text)
@@ -249,6 +268,7 @@ impl Applier {
             }
             Plan::Reload(why) => {
                 self.check(text).await?;
+                self.bindable(text)?;
                 self.write(text).await?;
                 if let Err(e) = self.reload().await {
                     self.roll_back().await?;
@@ -329,6 +349,33 @@ impl Applier {
             }
         }
         Ok(None)
+    }
+
+    /// Every address `text` binds that the running config does not is
+    /// free in the pod: tried first with a socket like HAProxy's. A reload
+    /// whose bind fails is refused by HAProxy too, but only after the new
+    /// process had the old worker pause its listeners while it retried
+    /// (about 2 s of refused connections, measured with HAProxy 3.0).
+    /// Permission errors are no verdict: HAProxy may have rights the agent
+    /// has not.
+    fn bindable(&self, text: &str) -> Result<(), ApplyError> {
+        let running = binds(&self.text);
+        for address in binds(text).difference(&running) {
+            match try_bind(*address) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                    ) =>
+                {
+                    return Err(ApplyError::LoadFailed(format!(
+                        "bind {address}: {e} in this pod (tried before the reload)"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     async fn write(&self, text: &str) -> Result<(), ApplyError> {

@@ -112,6 +112,51 @@ impl Config {
     }
 }
 
+/// PURE: the addresses the `bind` lines of `text`'s frontends and
+/// `listen` sections name, where they are plain (`:80`, `*:80`,
+/// `0.0.0.0:80`, `10.0.0.1:80`, `[::]:80`, `:::80`, with an `ipv4@` or
+/// `ipv6@` prefix, several joined by commas); a range, a UNIX socket or a
+/// variable is left out.
+pub fn binds(text: &str) -> std::collections::BTreeSet<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let mut out = std::collections::BTreeSet::new();
+    let mut in_proxy = false;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [first, ..] if SECTIONS.contains(first) => {
+                in_proxy = matches!(*first, "frontend" | "listen");
+            }
+            ["bind", addresses, ..] if in_proxy => {
+                for a in addresses.split(',') {
+                    let a = a
+                        .strip_prefix("ipv4@")
+                        .or_else(|| a.strip_prefix("ipv6@"))
+                        .unwrap_or(a);
+                    let Some((host, port)) = a.rsplit_once(':') else {
+                        continue;
+                    };
+                    let Ok(port) = port.parse::<u16>() else {
+                        continue;
+                    };
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let ip = match host {
+                        "" | "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        ":" => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                        h => match h.parse() {
+                            Ok(ip) => ip,
+                            Err(_) => continue,
+                        },
+                    };
+                    out.insert(SocketAddr::new(ip, port));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The longest server name or cookie lbpool renders: a pod name.
 const NAME_MAX: usize = 253;
 
@@ -296,5 +341,23 @@ backend be_web
         ));
         assert!(!twice.servers_rendered());
         assert!(Config::parse(CFG).servers_rendered());
+    }
+
+    #[test]
+    fn the_addresses_of_bind_lines_are_read() {
+        let text = "frontend fe\n    bind :80\n    bind 10.0.0.1:81,ipv6@[::1]:82\n    bind :::83 ssl\n\
+listen stats\n    bind *:1936\n    bind :8000-8010\n    bind unix@/x\n\
+backend be\n    bind :99\npeers p\n    bind :10000\n";
+        let want: std::collections::BTreeSet<std::net::SocketAddr> = [
+            "0.0.0.0:80",
+            "10.0.0.1:81",
+            "[::1]:82",
+            "[::]:83",
+            "0.0.0.0:1936",
+        ]
+        .iter()
+        .map(|a| a.parse().expect("an address"))
+        .collect();
+        assert_eq!(binds(text), want);
     }
 }

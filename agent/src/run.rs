@@ -27,8 +27,9 @@ use kube::{Api, Client, ResourceExt as _};
 use lbpool_checker::{HaproxyValidator, ValidationError, Validator as _};
 use lbpool_process::{LogFormat, init_logging, termination};
 use lbpool_wire::{
-    CONFIG_FILE, CONFIG_HASH_ANNOTATION, CONFIG_KEY, MASTER_SOCKET, POOL_LABEL,
-    REJECTED_ANNOTATION, RUNTIME_API_SOCKET, Rejection, SERVED_ANNOTATION, config_hash, revision,
+    CONFIG_FILE, CONFIG_HASH_ANNOTATION, CONFIG_KEY, HAPROXY_VERSION_ANNOTATION, MASTER_SOCKET,
+    POOL_LABEL, REJECTED_ANNOTATION, RUNTIME_API_SOCKET, Rejection, SERVED_ANNOTATION, config_hash,
+    revision,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -130,6 +131,8 @@ struct Said {
     served: Option<String>,
     /// A [`Rejection`], as written.
     rejected: Option<String>,
+    /// The version of the HAProxy it runs.
+    version: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -238,7 +241,9 @@ impl Agent {
             pool: wanted.borrow().as_ref().and_then(|w| w.pool.clone()),
             served: Some(applier.running_hash()),
             rejected: None,
+            version: None,
         };
+        self.said.version = haproxy_version(&args.admin_socket).await;
         // A config left to apply after a failure, retried at the next tick.
         let mut retry = false;
         loop {
@@ -346,6 +351,9 @@ impl Agent {
                 match outcome {
                     Outcome::Reload(why) => {
                         info!(config = revision(&next.hash), took = ?started.elapsed(), %why, "applied with a seamless reload");
+                        // A new worker: of the same binary, unless the
+                        // container was restarted on another image.
+                        self.said.version = haproxy_version(applier.admin().path()).await;
                     }
                     Outcome::Runtime(changes) => {
                         info!(config = revision(&next.hash), took = ?started.elapsed(), changes, "applied through the Runtime API");
@@ -363,7 +371,7 @@ impl Agent {
             }
             Err(ApplyError::LoadFailed(message)) => {
                 self.metrics.failed("load");
-                self.refused(&next, &format!("HAProxy failed to load it: {message}"));
+                self.refused(&next, &format!("HAProxy cannot load it: {message}"));
                 true
             }
             Err(e) => {
@@ -398,6 +406,7 @@ impl Agent {
                 "annotations": {
                     SERVED_ANNOTATION: self.said.served,
                     REJECTED_ANNOTATION: self.said.rejected,
+                    HAPROXY_VERSION_ANNOTATION: self.said.version,
                 },
             },
         });
@@ -445,6 +454,18 @@ async fn watch_config_map(api: Api<ConfigMap>, name: String, tx: watch::Sender<O
             },
             Ok(None) => return,
             Err(e) => warn!(config_map = %name, error = %e, "ConfigMap watch failed; retrying"),
+        }
+    }
+}
+
+/// The version of the HAProxy behind the Runtime API at `socket`, for the
+/// pod's report; `None` (logged) if it does not say.
+async fn haproxy_version(socket: &Path) -> Option<String> {
+    match runtime::version(&Socket::new(socket)).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(error = %e, "reading HAProxy's version failed");
+            None
         }
     }
 }

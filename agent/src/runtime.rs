@@ -233,6 +233,18 @@ pub fn parse_servers_state(text: &str) -> Vec<ServerState> {
         .collect()
 }
 
+/// The version of the HAProxy that answers on `api` (`show info`).
+pub async fn version(api: &Socket) -> Result<String, RuntimeError> {
+    let info = api.send("show info").await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| RuntimeError::Refused {
+            command: "show info".into(),
+            answer: "no Version line".into(),
+        })
+}
+
 /// The processes of a master-worker HAProxy, from the master CLI's `show proc`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Processes {

@@ -301,6 +301,13 @@ async fn a_sticky_pool_scales_without_a_reload() {
         .await
         .expect("show proc");
     let mut applier = applier_for(&haproxy, &file, &v1).await;
+    // What the agent reports on its pod as the version HAProxy runs.
+    let version = runtime::version(&haproxy.admin).await.expect("version");
+    assert_eq!(
+        lbpool_wire::major_minor(&version),
+        Some(lbpool_checker::haproxy::HAPROXY_MAJOR),
+        "{version}"
+    );
     let v2 = config_of(dir.path(), port, 100, &[("a", a), ("b", b)], true);
     assert_eq!(
         applier.apply(&v2).await.expect("apply v2"),
@@ -528,17 +535,34 @@ async fn a_config_haproxy_fails_to_load_is_rolled_back_and_stays_so_after_a_rest
     let v1 = config(dir.path(), port, 100, &[("a", a)]);
     let mut haproxy = run_on(dir.path(), &file, &v1).await;
     let mut applier = applier_for(&haproxy, &file, &v1).await;
-    // A port someone else holds: `haproxy -c` accepts it, binding fails.
+    let before = runtime::processes(&haproxy.master)
+        .await
+        .expect("show proc");
+    // A port someone else holds: `haproxy -c` accepts it; refused before
+    // any reload (whose failed bind would pause the listeners for seconds).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_port = taken.local_addr().expect("addr").port();
-    let v2 = v1.replace(
+    let in_use = v1.replace(
         &format!("bind 127.0.0.1:{port}\n"),
         &format!("bind 127.0.0.1:{port}\n    bind 127.0.0.1:{taken_port}\n"),
     );
+    match applier.apply(&in_use).await {
+        Err(ApplyError::LoadFailed(message)) => assert!(
+            message.contains(&format!("127.0.0.1:{taken_port}")) && message.contains("in use"),
+            "{message}"
+        ),
+        other => panic!("a config whose port is taken: {other:?}"),
+    }
+    assert_no_reload(&haproxy, &before).await;
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), v1);
+
+    // A config `haproxy -c` accepts and the new worker fails to load (it
+    // cannot size its tables): HAProxy's `Success=0`, the file rolled back.
+    let v2 = v1.replace("maxconn 100\n", "maxconn 2000000000\n    strict-limits\n");
     assert_ne!(v1, v2);
     match applier.apply(&v2).await {
         Err(ApplyError::LoadFailed(message)) => assert!(
-            message.contains("cannot bind") && !message.contains(&dir.path().to_string_lossy()[..]),
+            message.contains("[ALERT]") && !message.contains(&dir.path().to_string_lossy()[..]),
             "HAProxy's reason, without the agent's paths: {message}"
         ),
         other => panic!("a config that fails at reload: {other:?}"),

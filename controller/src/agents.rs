@@ -15,7 +15,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use lbpool_crds::HaproxyStatus;
 
-use lbpool_wire::{POOL_LABEL, REJECTED_ANNOTATION, Rejection, SERVED_ANNOTATION, revision};
+use lbpool_wire::{
+    HAPROXY_VERSION_ANNOTATION, POOL_LABEL, REJECTED_ANNOTATION, Rejection, SERVED_ANNOTATION,
+    revision,
+};
 
 use crate::desired::served::Served;
 
@@ -28,6 +31,8 @@ pub struct AgentReport<'a> {
     pub served: Option<&'a str>,
     /// The config its agent refused last, and why.
     pub rejected: Option<Rejection<'a>>,
+    /// The version of the HAProxy beside the agent.
+    pub version: Option<&'a str>,
 }
 
 impl<'a> AgentReport<'a> {
@@ -45,6 +50,7 @@ impl<'a> AgentReport<'a> {
             deleting: pod.metadata.deletion_timestamp.is_some(),
             served: annotation(SERVED_ANNOTATION),
             rejected: annotation(REJECTED_ANNOTATION).map(Rejection::parse),
+            version: annotation(HAPROXY_VERSION_ANNOTATION),
         }
     }
 }
@@ -67,7 +73,9 @@ pub fn slim_pod(pod: &mut Pod) {
         labels.retain(|k, _| k == POOL_LABEL);
     }
     if let Some(a) = &mut meta.annotations {
-        a.retain(|k, _| k == SERVED_ANNOTATION || k == REJECTED_ANNOTATION);
+        a.retain(|k, _| {
+            k == SERVED_ANNOTATION || k == REJECTED_ANNOTATION || k == HAPROXY_VERSION_ANNOTATION
+        });
     }
     pod.spec = None;
     let ready = pod
@@ -130,6 +138,10 @@ pub fn in_place(deployment: &Deployment, reports: &[AgentReport<'_>], wanted: &s
         complete,
         refused,
         stuck: None,
+        versions: live
+            .iter()
+            .filter_map(|r| Some((format!("pod {}", r.pod), r.version?.to_owned())))
+            .collect(),
     }
 }
 
@@ -155,6 +167,7 @@ mod tests {
             deleting: false,
             served,
             rejected: None,
+            version: None,
         }
     }
 

@@ -403,7 +403,8 @@ pub fn slim_deployment(d: &mut Deployment) {
     d.metadata.owner_references = None;
     only(&mut d.metadata.annotations, POOL_CLAIM_ANNOTATION);
     let template = &mut d.spec.template;
-    // Of the pod spec, only where the stats credentials come from.
+    // Of the pod spec, only where the stats credentials come from and the
+    // images of HAProxy (their tag names its version).
     let containers = template
         .spec
         .take()
@@ -425,9 +426,11 @@ pub fn slim_deployment(d: &mut Deployment) {
                     e
                 })
                 .collect();
-            (!env.is_empty()).then(|| Container {
+            let image = c.image.filter(|i| i.contains("haproxy"));
+            (!env.is_empty() || image.is_some()).then(|| Container {
                 name: c.name,
-                env: Some(env),
+                env: (!env.is_empty()).then_some(env),
+                image,
                 ..Container::default()
             })
         })
@@ -591,7 +594,8 @@ mod tests {
                          "annotations": {POOL_CLAIM_ANNOTATION: "webapp", "big": "x".repeat(1000)}},
             "spec": {"replicas": 2, "selector": {},
                      "template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: "sha256:a", "other": "b"}},
-                                  "spec": {"containers": [{"name": "haproxy", "image": "haproxy"}]}}},
+                                  "spec": {"containers": [{"name": "haproxy", "image": "haproxy:3.0"},
+                                                          {"name": "sidecar", "image": "busybox:1.36"}]}}},
             "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
                        "conditions": [{"type": "Available", "status": "True"},
                                       {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
@@ -601,6 +605,7 @@ mod tests {
         .expect("deployment");
         let before = crate::desired::served::served(&d);
         assert!(before.stuck.is_some());
+        assert_eq!(before.versions.len(), 1, "{:?}", before.versions);
         slim_deployment(&mut d);
         assert_eq!(crate::desired::served::served(&d), before);
         assert_eq!(

@@ -11,6 +11,9 @@ pub mod kind {
     pub const CONFIG_VALID: &str = "ConfigValid";
     /// A changed config waits for `rollout.minInterval` to pass.
     pub const ROLLOUT_PENDING: &str = "RolloutPending";
+    /// The HAProxy the data plane runs is the version lbpool writes and
+    /// checks configs for (absent while unknown).
+    pub const HAPROXY_VERSION: &str = "HAProxyVersion";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes expects).
@@ -52,6 +55,10 @@ pub mod reason {
     pub const CONFIG_INVALID: &str = "ConfigInvalid";
     pub const UP_TO_DATE: &str = "UpToDate";
     pub const RATE_LIMITED: &str = "RateLimited";
+    /// The data plane runs the HAProxy version lbpool writes configs for.
+    pub const SUPPORTED: &str = "Supported";
+    /// An agent reports, or an image tag names, another HAProxy version.
+    pub const VERSION_MISMATCH: &str = "VersionMismatch";
 }
 
 /// A condition to set; [`merge`] fills in the bookkeeping fields.

@@ -160,6 +160,7 @@ fn words(line: &[&str]) -> Option<usize> {
         }
         ("http-request", _) => 4,
         ("cookie", _) => 5,
+        ("hash-type", _) => 2,
         ("server", _) => 4,
         _ => return None,
     })
@@ -184,6 +185,8 @@ fn assert_exact_directives(model: &Model, text: &str) {
         + stats
         + if p.health_check.is_some() { 2 } else { 0 }
         + usize::from(p.sticky_session.is_some())
+        // `balance source` comes with `hash-type consistent`.
+        + usize::from(p.balance == "source")
         + model.servers.len();
     assert_eq!(lines.len(), expected, "directive count\n{text}");
     let cookie = usize::from(p.sticky_session.is_some()) * 2;

@@ -36,6 +36,17 @@ pub async fn request(
     path: &str,
     timeout: Duration,
 ) -> Result<Response, String> {
+    request_with(target, method, path, "", timeout).await
+}
+
+/// [`request`] with more header lines (`headers`, each ending in CRLF).
+pub async fn request_with(
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    timeout: Duration,
+) -> Result<Response, String> {
     let started = Instant::now();
     let mut connected = Duration::ZERO;
     let io = async {
@@ -44,7 +55,7 @@ pub async fn request(
             .map_err(|e| format!("connect: {}", e.kind()))?;
         connected = started.elapsed();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: lbpool\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: lbpool\r\nContent-Length: 0\r\nConnection: close\r\n{headers}\r\n"
         );
         stream
             .write_all(head.as_bytes())

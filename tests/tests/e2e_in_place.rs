@@ -41,28 +41,14 @@ async fn e2e_in_place_scaling_under_load_reloads_and_restarts_nothing() {
     let demo = demo_in_place().await;
     demo.env.set_replicas(2).await;
     demo.served_in_place(2).await;
-    let before = demo.haproxy_pods().await;
     let generation = demo.haproxy_generation().await;
 
     let frontend = demo.frontend;
     let held = tokio::spawn(async move {
         http::get(frontend, "/slow?ms=20000", Duration::from_secs(60)).await
     });
-    let load = Load::start(demo.frontend, 4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for n in [6, 2] {
-        println!("InPlace: +{:.1?} scaling to {n}", load.elapsed());
-        demo.env.set_replicas(n as i32).await;
-        demo.served_in_place(n).await;
-        println!(
-            "InPlace: +{:.1?} HAProxy serves {n} webapp pods",
-            load.elapsed()
-        );
-    }
-    demo.webapp_pods_left(2).await;
-    let report = load.stop().await;
+    let (report, before, after) = scale_under_load(&demo, "InPlace").await;
     let held = held.await.expect("the held request");
-    let after = demo.haproxy_pods().await;
     println!("InPlace 2 -> 6 -> 2 under load: {report}");
     println!("HAProxy pods before: {before:#?}\nafter: {after:#?}");
 
@@ -109,18 +95,7 @@ async fn e2e_in_place_an_option_change_is_one_seamless_reload() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     patch_pool(r#"{"spec":{"timeouts":{"server":"51s"}}}"#);
-    let new = eventually(
-        "the new config served",
-        Duration::from_secs(120),
-        || async {
-            match demo.in_place_now(2).await {
-                Ok(hash) if hash != old => Ok(hash),
-                Ok(_) => Err("still the old config".to_owned()),
-                Err(e) => Err(e),
-            }
-        },
-    )
-    .await;
+    let new = new_config_served(&demo, &old).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let report = load.stop().await;
     let after = demo.haproxy_pods().await;
@@ -252,4 +227,177 @@ async fn e2e_in_place_a_config_edited_by_hand_is_applied_by_no_agent() {
     assert_eq!(report.failed, 0, "no request failed: {report}");
     let hosts = demo.hosts_through_service(10).await;
     assert_eq!(hosts.len(), 2, "still served: {hosts:?}");
+}
+
+/// Scales the webapp 2→6→2 under load, the pool's current config served
+/// first; what the load saw, and the HAProxy pods before and after.
+async fn scale_under_load(
+    demo: &lbpool_tests::e2e::Demo,
+    what: &str,
+) -> (
+    lbpool_tests::e2e::LoadReport,
+    BTreeMap<String, HaproxyPod>,
+    BTreeMap<String, HaproxyPod>,
+) {
+    let before = demo.haproxy_pods().await;
+    let load = Load::start(demo.frontend, 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in [6, 2] {
+        demo.env.set_replicas(n as i32).await;
+        demo.served_in_place(n).await;
+        println!(
+            "{what}: +{:.1?} HAProxy serves {n} webapp pods",
+            load.elapsed()
+        );
+    }
+    demo.webapp_pods_left(2).await;
+    let report = load.stop().await;
+    (report, before, demo.haproxy_pods().await)
+}
+
+/// Waits until every HAProxy pod serves a config other than `old`.
+async fn new_config_served(demo: &lbpool_tests::e2e::Demo, old: &str) -> String {
+    eventually(
+        "the new config served",
+        Duration::from_secs(120),
+        || async {
+            match demo.in_place_now(2).await {
+                Ok(hash) if hash != old => Ok(hash),
+                Ok(_) => Err("still the old config".to_owned()),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
+}
+
+/// HAProxy 3.0 takes `cookie` on a server added at runtime, and `balance
+/// source` with consistent hashing lets servers come and go: neither pool
+/// reloads to scale, and a session pinned by its cookie stays on its pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_in_place_sticky_and_source_pools_scale_without_a_reload() {
+    let _turn = serial().await;
+    let demo = demo_in_place().await;
+    demo.env.set_replicas(2).await;
+    let mut served = demo.served_in_place(2).await;
+    for (what, patch) in [
+        (
+            "sticky",
+            r#"{"spec":{"stickySession":{"cookie":"SERVERID"}}}"#,
+        ),
+        (
+            "balance source",
+            r#"{"spec":{"stickySession":null,"balance":"source"}}"#,
+        ),
+    ] {
+        patch_pool(patch);
+        served = new_config_served(&demo, &served).await;
+        let sticky = what == "sticky";
+        // A session pinned to one of the two pods that stay.
+        let pinned = if sticky {
+            let r = http::get(demo.frontend, "/", Duration::from_secs(10))
+                .await
+                .expect("a first request");
+            Some(r.webapp_host().expect("the webapp names its pod"))
+        } else {
+            None
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let session = pinned.clone().map(|host| {
+            let (frontend, stop) = (demo.frontend, stop.clone());
+            tokio::spawn(async move {
+                let cookie = format!("Cookie: SERVERID={host}\r\n");
+                let mut answers = BTreeMap::<String, usize>::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r =
+                        http::request_with(frontend, "GET", "/", &cookie, Duration::from_secs(10))
+                            .await
+                            .map(|r| r.webapp_host().unwrap_or_default())
+                            .unwrap_or_else(|e| e);
+                    *answers.entry(r).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                answers
+            })
+        });
+        let (report, before, after) = scale_under_load(&demo, what).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        println!("InPlace {what} 2 -> 6 -> 2 under load: {report}");
+        if let (Some(host), Some(session)) = (pinned, session) {
+            let answers = session.await.expect("the pinned session");
+            println!("a session pinned to {host}: answered by {answers:?}");
+            assert_eq!(
+                answers.keys().collect::<Vec<_>>(),
+                [&host],
+                "every request of the session went to its pod"
+            );
+        }
+        assert!(report.sent > 100, "the load ran: {report}");
+        assert_eq!(report.failed, 0, "no request fails: {report}");
+        let reloads = changes(&before, &after, |p| p.reloads);
+        assert!(
+            reloads.values().all(|r| *r == 0.0),
+            "{what}: no reload to scale: {reloads:?}"
+        );
+        let runtime = changes(&before, &after, |p| p.runtime);
+        assert!(
+            runtime.values().all(|r| *r >= 2.0),
+            "{what}: each agent scaled up and down through the Runtime API: {runtime:?}"
+        );
+        assert_eq!(identities(&before), identities(&after), "the same pods");
+    }
+    patch_pool(r#"{"spec":{"balance":"roundrobin"}}"#);
+    new_config_served(&demo, &served).await;
+}
+
+/// A config the checks accept but HAProxy cannot load: the frontend on the
+/// agent's own port (`haproxy -c` binds nothing). Refused at the reload,
+/// reported with HAProxy's reason, and every pod serves the old config on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_in_place_a_config_haproxy_cannot_load_is_refused_and_the_last_one_serves() {
+    let _turn = serial().await;
+    let demo = demo_in_place().await;
+    demo.env.set_replicas(2).await;
+    let good = demo.served_in_place(2).await;
+    let load = Load::start(demo.frontend, 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    patch_pool(r#"{"spec":{"frontend":{"port":9101}}}"#);
+    let message = eventually(
+        "Ready=False/AgentRejected",
+        Duration::from_secs(120),
+        || async {
+            let status = demo.env.status().await;
+            match status.conditions.iter().find(|c| c.type_ == "Ready") {
+                Some(c) if c.reason == "AgentRejected" => Ok(c.message.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let pods = demo.haproxy_pods().await;
+    let report = load.stop().await;
+    println!("a frontend on the agent's port: {message}; under load: {report}");
+    assert!(
+        message.contains("cannot load") && message.contains("9101"),
+        "HAProxy's reason: {message}"
+    );
+    assert!(
+        pods.values().all(|p| p.served == good),
+        "every pod serves the last good config: {pods:#?}"
+    );
+    assert_eq!(report.failed, 0, "no request failed: {report}");
+    let hosts = demo.hosts_through_service(10).await;
+    assert_eq!(hosts.len(), 2, "still served: {hosts:?}");
+    patch_pool(r#"{"spec":{"frontend":{"port":80}}}"#);
+    eventually(
+        "the good config again",
+        Duration::from_secs(120),
+        || async {
+            match demo.in_place_now(2).await {
+                Ok(hash) if hash == good => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }

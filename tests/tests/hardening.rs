@@ -326,7 +326,7 @@ data: {haproxy.cfg.hbs: \"defaults\\n  mode http\\n\"}
 }
 
 #[tokio::test]
-async fn a_rollout_that_cannot_progress_is_reported() {
+async fn a_rollout_that_cannot_progress_or_runs_another_haproxy_is_reported() {
     let Demo {
         ns,
         env,
@@ -349,11 +349,11 @@ async fn a_rollout_that_cannot_progress_is_reported() {
         ])
         .expect("patch the Deployment");
     };
-    let ready = |status: &'static str, reason: &'static str| {
+    let is = |type_: &'static str, status: &'static str, reason: &'static str| {
         let env = &env;
         async move {
-            eventually(&format!("Ready={status}/{reason}"), WAIT, || async {
-                match condition(env, "webapp", "Ready").await {
+            eventually(&format!("{type_}={status}/{reason}"), WAIT, || async {
+                match condition(env, "webapp", type_).await {
                     Some(c) if c.0 == status && c.1 == reason => Ok(c.2),
                     other => Err(format!("{other:?}")),
                 }
@@ -361,6 +361,13 @@ async fn a_rollout_that_cannot_progress_is_reported() {
             .await
         }
     };
+    let ready = |status, reason| is("Ready", status, reason);
+    // The demo's image names the HAProxy lbpool writes configs for.
+    let supported = is("HAProxyVersion", "True", "Supported").await;
+    assert!(
+        supported.contains(lbpool_checker::haproxy::HAPROXY_MAJOR),
+        "{supported}"
+    );
     // New HAProxy pods that no node takes, and a short progress deadline.
     patch(
         r#"{"spec": {"progressDeadlineSeconds": 5,
@@ -374,6 +381,17 @@ async fn a_rollout_that_cannot_progress_is_reported() {
     // Fixed by hand: the rollout completes, and the pool says so.
     patch(r#"{"spec": {"template": {"spec": {"nodeSelector": null}}}}"#);
     ready("True", "Serving").await;
+
+    // An image of another HAProxy: named in the status, not found out by a
+    // config it refuses.
+    patch(
+        r#"{"spec": {"template": {"spec": {"containers": [{"name": "haproxy", "image": "haproxy:2.6"}]}}}}"#,
+    );
+    let mismatch = is("HAProxyVersion", "False", "VersionMismatch").await;
+    assert!(
+        mismatch.contains("image haproxy:2.6: HAProxy 2.6"),
+        "{mismatch}"
+    );
 }
 
 #[tokio::test]

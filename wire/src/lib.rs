@@ -37,6 +37,20 @@ pub const SERVED_ANNOTATION: &str = "lbpool.dev/served-hash";
 /// Annotation of an agent's pod: the last config its agent refused, and
 /// why ([`Rejection`]).
 pub const REJECTED_ANNOTATION: &str = "lbpool.dev/rejected";
+/// Annotation of an agent's pod: the version of the HAProxy it runs
+/// (`show info`), e.g. `3.0.11-1+deb13u5`.
+pub const HAPROXY_VERSION_ANNOTATION: &str = "lbpool.dev/haproxy-version";
+
+/// PURE: the `<major>.<minor>` a version or image tag starts with
+/// (`3.0.11-1+deb13u5` → `3.0`, `2.6-alpine` → `2.6`); `None` for one that
+/// does not (`latest`, `local`).
+pub fn major_minor(version: &str) -> Option<&str> {
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let major = digits(version);
+    let rest = version.get(major..)?.strip_prefix('.')?;
+    let minor = digits(rest);
+    (major > 0 && minor > 0).then(|| &version[..major + 1 + minor])
+}
 /// Where HAProxy's Runtime API listens in an `InPlace` pod.
 pub const RUNTIME_API_SOCKET: &str = "/run/haproxy/admin.sock";
 /// Where HAProxy's master CLI listens in an `InPlace` pod.
@@ -149,6 +163,17 @@ mod tests {
             let read = Rejection::parse(&value);
             prop_assert_eq!(read.hash, hash.as_str());
             prop_assert_eq!(read.message, written.message);
+        }
+    }
+
+    #[test]
+    fn major_minor_is_read_off_versions_and_tags() {
+        assert_eq!(major_minor("3.0.11-1+deb13u5"), Some("3.0"));
+        assert_eq!(major_minor("2.6-alpine"), Some("2.6"));
+        assert_eq!(major_minor("3.2"), Some("3.2"));
+        assert_eq!(major_minor("10.12.1"), Some("10.12"));
+        for none in ["latest", "local", "3", "3.", ".0", "v3.0", ""] {
+            assert_eq!(major_minor(none), None, "{none}");
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct Served {
     /// `RollingUpdate`: its rollout stopped making progress, as the
     /// Deployment says (`Progressing=False`): `<reason>: <message>`.
     pub stuck: Option<String>,
+    /// The HAProxy versions the data plane is known to run, each with where
+    /// it was read: `("pod haproxy-…", "3.0.11-1+deb13u5")` from an agent's
+    /// report, `("image haproxy:3.0", "3.0")` from the pod template.
+    pub versions: Vec<(String, String)>,
 }
 
 /// Reads [`Served`] off a Deployment (after this reconcile's patch, if any).
@@ -41,6 +45,7 @@ pub fn served(deployment: &Deployment) -> Served {
             && st.replicas.unwrap_or_default() == want,
         refused: None,
         stuck: stuck(deployment),
+        versions: image_versions(deployment),
         status: HaproxyStatus {
             revision: hash.as_deref().map(|h| revision(h).to_owned()),
             replicas: want,
@@ -49,6 +54,39 @@ pub fn served(deployment: &Deployment) -> Served {
         },
         hash,
     }
+}
+
+/// The HAProxy versions the pod template's images name by their tag
+/// (`haproxy:3.0`, `…/haproxy-debian:3.0.11`); a tag that is no version
+/// (`latest`, a digest only) says nothing.
+fn image_versions(deployment: &Deployment) -> Vec<(String, String)> {
+    let Some(spec) = &deployment.spec.template.spec else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter_map(|c| {
+            let image = c.image.as_deref()?;
+            let tag = haproxy_tag(image)?;
+            let version = lbpool_wire::major_minor(tag)?;
+            Some((format!("image {image}"), version.to_owned()))
+        })
+        .collect()
+}
+
+/// PURE: the tag of an HAProxy image: one whose name's last segment starts
+/// with `haproxy`.
+fn haproxy_tag(image: &str) -> Option<&str> {
+    let image = image.split('@').next()?;
+    let (name, tag) = match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => return None,
+    };
+    name.rsplit('/')
+        .next()
+        .is_some_and(|last| last.starts_with("haproxy"))
+        .then_some(tag)
 }
 
 /// The Deployment's `Progressing=False` condition, if it has one.
@@ -98,6 +136,41 @@ mod tests {
         assert_eq!(
             served(&d).stuck.as_deref(),
             Some("ProgressDeadlineExceeded: ReplicaSet \"haproxy-7f\" has timed out progressing.")
+        );
+    }
+
+    #[test]
+    fn haproxy_images_name_their_version_by_tag() {
+        assert_eq!(haproxy_tag("haproxy:3.0"), Some("3.0"));
+        assert_eq!(
+            haproxy_tag("docker.io/library/haproxy:2.6.12"),
+            Some("2.6.12")
+        );
+        assert_eq!(haproxy_tag("haproxytech/haproxy-debian:3.2"), Some("3.2"));
+        assert_eq!(
+            haproxy_tag("registry:5000/haproxy:3.0@sha256:ab"),
+            Some("3.0")
+        );
+        assert_eq!(haproxy_tag("lbpool-agent:dev"), None);
+        assert_eq!(haproxy_tag("registry:5000/haproxy"), None);
+        assert_eq!(haproxy_tag("haproxy"), None);
+        let mut d = Deployment::default();
+        d.spec.template.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: vec![
+                k8s_openapi::api::core::v1::Container {
+                    image: Some("haproxy:2.6".into()),
+                    ..Default::default()
+                },
+                k8s_openapi::api::core::v1::Container {
+                    image: Some("lbpool.local/haproxy:local".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            served(&d).versions,
+            [("image haproxy:2.6".to_owned(), "2.6".to_owned())]
         );
     }
 }

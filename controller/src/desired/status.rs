@@ -1,12 +1,14 @@
 //! PURE: the pool's status: what is published and served, and one
-//! function per condition (`Ready`, `ConfigValid`, `RolloutPending`).
+//! function per condition (`Ready`, `ConfigValid`, `RolloutPending`,
+//! `HAProxyVersion`).
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use lbpool_checker::haproxy::HAPROXY_MAJOR;
 use lbpool_crds::{
     BackendStatus, LoadBalancerPool, LoadBalancerPoolStatus, MAX_STATUS_BACKENDS, ReloadStrategy,
 };
-use lbpool_wire::revision;
+use lbpool_wire::{major_minor, revision};
 
 use super::rollout::DeploymentState;
 use super::served::Served;
@@ -27,11 +29,12 @@ pub fn published(
 ) -> LoadBalancerPoolStatus {
     let previous = pool.status.clone().unwrap_or_default();
     let ready = ready_backends(model);
-    let desired = [
+    let mut desired = vec![
         ready_condition(pool, config, deployment, served, ready),
         config_valid_condition(config),
         rollout_pending_condition(pool, config, deployment),
     ];
+    desired.extend(haproxy_version_condition(served));
     let conditions = conditions::merge(
         &previous.conditions,
         &desired,
@@ -190,6 +193,48 @@ fn config_valid_condition(config: &RenderedConfig) -> Desired {
         reason::RENDERED,
         format!("config {} accepted by haproxy -c", config.revision()),
     )
+}
+
+/// How many data-plane versions a mismatch message names.
+const VERSIONS_NAMED: usize = 3;
+
+/// `HAProxyVersion`: the HAProxy the data plane runs (its agents' reports,
+/// or its image tags) is the version lbpool writes and checks configs for.
+/// Absent while no version is known (an image tag that is no version, no
+/// agent report yet).
+fn haproxy_version_condition(served: Option<&Served>) -> Option<Desired> {
+    let known: Vec<(&str, &str, &str)> = served?
+        .versions
+        .iter()
+        .filter_map(|(what, v)| Some((what.as_str(), v.as_str(), major_minor(v)?)))
+        .collect();
+    if known.is_empty() {
+        return None;
+    }
+    let other: Vec<String> = known
+        .iter()
+        .filter(|(_, _, mm)| *mm != HAPROXY_MAJOR)
+        .map(|(what, v, _)| format!("{what}: HAProxy {v}"))
+        .collect();
+    Some(if other.is_empty() {
+        Desired::new(
+            kind::HAPROXY_VERSION,
+            true,
+            reason::SUPPORTED,
+            format!("HAProxy {HAPROXY_MAJOR}, the version lbpool writes and checks configs for"),
+        )
+    } else {
+        let mut named = other[..other.len().min(VERSIONS_NAMED)].join("; ");
+        if other.len() > VERSIONS_NAMED {
+            named.push_str(&format!(" and {} more", other.len() - VERSIONS_NAMED));
+        }
+        Desired::new(
+            kind::HAPROXY_VERSION,
+            false,
+            reason::VERSION_MISMATCH,
+            format!("lbpool writes and checks configs for HAProxy {HAPROXY_MAJOR}, but {named}"),
+        )
+    })
 }
 
 /// `RolloutPending`: the config waits for `rollout.minInterval`.
@@ -486,5 +531,42 @@ mod tests {
         );
         assert_eq!(s.backends.len(), MAX_STATUS_BACKENDS);
         assert_eq!(s.ready_backends as usize, MAX_STATUS_BACKENDS + 5);
+    }
+
+    #[test]
+    fn a_data_plane_of_another_haproxy_version_is_named() {
+        let with = |versions: &[(&str, &str)]| Served {
+            versions: versions
+                .iter()
+                .map(|(w, v)| ((*w).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..complete("sha256:a")
+        };
+        assert_eq!(haproxy_version_condition(None), None);
+        assert_eq!(
+            haproxy_version_condition(Some(&with(&[]))),
+            None,
+            "nothing known"
+        );
+        let same = haproxy_version_condition(Some(&with(&[
+            ("pod a", &format!("{HAPROXY_MAJOR}.11-1+deb13u5")),
+            ("image haproxy:latest", "latest"),
+        ])))
+        .expect("known");
+        assert_eq!((same.status, same.reason), (true, reason::SUPPORTED));
+        let other = haproxy_version_condition(Some(&with(&[
+            ("pod a", &format!("{HAPROXY_MAJOR}.11")),
+            ("pod b", "2.6.12-1+deb12u2"),
+        ])))
+        .expect("known");
+        assert_eq!(
+            (other.status, other.reason),
+            (false, reason::VERSION_MISMATCH)
+        );
+        assert!(
+            other.message.contains("pod b: HAProxy 2.6.12") && !other.message.contains("pod a"),
+            "{}",
+            other.message
+        );
     }
 }
