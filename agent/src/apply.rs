@@ -13,7 +13,7 @@ use lbpool_checker::{ValidationError, Validator};
 use lbpool_wire::config_hash;
 use tracing::{info, warn};
 
-use crate::config::{Config, binds};
+use crate::config::{Config, binds, stats_file};
 use crate::plan::{Change, Draining, Plan, plan, revive, split_address};
 use crate::runtime::{self, Reloaded, RuntimeError, Socket};
 
@@ -86,6 +86,22 @@ pub async fn write_whole(file: &Path, text: &str) -> Result<(), ApplyError> {
     let fresh = beside(file, ".next");
     tokio::fs::write(&fresh, text).await.map_err(err)?;
     tokio::fs::rename(&fresh, file).await.map_err(err)
+}
+
+/// A stats-file without counters: empty, which HAProxy 3.0 reads without a
+/// warning (a header alone it calls invalid unless it lists every column).
+const EMPTY_STATS_FILE: &str = "";
+
+/// Before HAProxy's first start on `text`: its `stats-file`, if it names
+/// one that does not exist yet, as a file without counters (HAProxy warns
+/// of a missing one at every start).
+pub async fn prepare_stats_file(text: &str) -> Result<(), ApplyError> {
+    match stats_file(text) {
+        Some(path) if tokio::fs::metadata(path).await.is_err() => {
+            write_whole(Path::new(path), EMPTY_STATS_FILE).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Binds and listens on `address` as HAProxy does (address and port
@@ -211,6 +227,11 @@ impl Applier {
     /// HAProxy's Runtime API.
     pub fn admin(&self) -> &Socket {
         &self.admin
+    }
+
+    /// HAProxy's master CLI.
+    pub fn master(&self) -> &Socket {
+        &self.master
     }
 
     /// The hash of the config HAProxy runs.
@@ -392,11 +413,31 @@ impl Applier {
         write_whole(&record_of(&self.file), &self.text).await
     }
 
+    /// Before a reload: the counters of every object with a guid into the
+    /// config's `stats-file`, which the new worker loads. Losing them is
+    /// no reason not to reload: a failure is logged.
+    async fn save_counters(&self) {
+        let Ok(text) = tokio::fs::read_to_string(&self.file).await else {
+            return;
+        };
+        let Some(path) = stats_file(&text) else {
+            return;
+        };
+        let saved = match self.admin.send("dump stats-file").await {
+            Ok(dump) => write_whole(Path::new(path), &format!("{dump}\n")).await,
+            Err(e) => Err(ApplyError::Reload(e)),
+        };
+        if let Err(e) = saved {
+            warn!(error = %e, "saving the counters before the reload failed; they restart from zero");
+        }
+    }
+
     /// Asks the master to reload and waits for the new worker; the old
     /// one finishes its connections (up to `hard-stop-after`). Servers that
     /// were draining go with the old worker. A config the new worker fails
     /// to load is [`ApplyError::LoadFailed`], with HAProxy's alerts.
     async fn reload(&mut self) -> Result<(), ApplyError> {
+        self.save_counters().await;
         let before = runtime::processes(&self.master)
             .await
             .map_err(ApplyError::Reload)?;

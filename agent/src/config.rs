@@ -157,6 +157,23 @@ pub fn binds(text: &str) -> std::collections::BTreeSet<std::net::SocketAddr> {
     out
 }
 
+/// The longest `guid` HAProxy takes.
+const GUID_MAX: usize = 127;
+
+/// PURE: the path of the `stats-file` the config's `global` section names.
+pub fn stats_file(text: &str) -> Option<&str> {
+    let mut global = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some(first) if SECTIONS.contains(&first) => global = first == "global",
+            Some("stats-file") if global => return words.next(),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The longest server name or cookie lbpool renders: a pod name.
 const NAME_MAX: usize = 253;
 
@@ -183,7 +200,8 @@ fn rendered_address(address: &str) -> bool {
 
 impl Server {
     /// Whether this is a line lbpool renders: `<name> <address>` and at
-    /// most once each `check`, `weight <0-256>`, `cookie <name>`.
+    /// most once each `check`, `weight <0-256>`, `cookie <name>`, `guid
+    /// <name>` (at most 127 characters).
     pub fn rendered(&self, name: &str) -> bool {
         let mut seen = Vec::new();
         let mut words = self.options.iter();
@@ -198,6 +216,9 @@ impl Server {
                     w.parse::<u16>().is_ok_and(|w| w <= 256) && !w.starts_with('+')
                 }),
                 "cookie" => words.next().is_some_and(|c| rendered_name(c)),
+                "guid" => words
+                    .next()
+                    .is_some_and(|g| rendered_name(g) && g.len() <= GUID_MAX),
                 _ => false,
             };
             if !ok {
@@ -322,6 +343,7 @@ backend be_web
             ("web", server("10.0.0.1:80", &["weight", "+1"])),
             ("web", server("10.0.0.1:80", &["weight"])),
             ("web", server("10.0.0.1:80", &["cookie", "a,b"])),
+            ("web", server("10.0.0.1:80", &["guid", &"g".repeat(128)])),
             ("web", server("10.0.0.1:0", &[])),
             ("web", server("10.0.0.256:80", &[])),
             ("web", server("2001:db8::7:80", &[])),
@@ -359,5 +381,15 @@ backend be\n    bind :99\npeers p\n    bind :10000\n";
         .map(|a| a.parse().expect("an address"))
         .collect();
         assert_eq!(binds(text), want);
+    }
+
+    #[test]
+    fn the_stats_file_is_read_off_the_global_section() {
+        assert_eq!(
+            stats_file("global\n    stats-file /run/haproxy/haproxy.stats\ndefaults\n"),
+            Some("/run/haproxy/haproxy.stats")
+        );
+        assert_eq!(stats_file("defaults\n    stats-file /x\n"), None);
+        assert_eq!(stats_file(CFG), None);
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     apply: Histogram,
     /// Servers removed from the config whose connections are not done yet.
     pub draining: Gauge,
+    /// HAProxy workers of earlier configs still finishing their connections.
+    pub old_workers: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -43,7 +45,7 @@ impl Default for Metrics {
         let failures = Family::<Reason, Counter>::default();
         registry.register(
             "failures",
-            "Configs not applied, by reason: rejected (the allowlist or haproxy -c), unpublished (not the controller's), check, write, reload, report",
+            "Configs not applied, by reason: rejected (the allowlist or haproxy -c), load (HAProxy cannot load it), unpublished (not the controller's), check, write, reload, report",
             failures.clone(),
         );
         // 1 ms … about 16 s.
@@ -59,11 +61,18 @@ impl Default for Metrics {
             "Servers removed from the config whose connections are not done yet",
             draining.clone(),
         );
+        let old_workers = Gauge::default();
+        registry.register(
+            "haproxy_old_workers",
+            "HAProxy workers of earlier configs still finishing their connections (show proc)",
+            old_workers.clone(),
+        );
         Self {
             updates,
             failures,
             apply,
             draining,
+            old_workers,
             registry: Arc::new(registry),
         }
     }

@@ -92,6 +92,8 @@ const RUNTIME_OPTIONS: &[(&str, bool)] = &[
     ("maxconn", true),
     // HAProxy 3.0 ("MINOR: server: allow cookie for dynamic servers").
     ("cookie", true),
+    // What finds its counters again in the stats-file after a reload.
+    ("guid", true),
 ];
 
 /// HAProxy's weight of a server whose line names none.

@@ -35,7 +35,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::apply::{Applier, ApplyError, Outcome, Resumed, write_whole};
+use crate::apply::{Applier, ApplyError, Outcome, Resumed, prepare_stats_file, write_whole};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Socket};
 
@@ -246,9 +246,15 @@ impl Agent {
         self.said.version = haproxy_version(&args.admin_socket).await;
         // A config left to apply after a failure, retried at the next tick.
         let mut retry = false;
+        // Old workers still finishing connections: counted at each tick
+        // until they are gone, so the gauge does not go stale.
+        let mut old_workers = 0;
         loop {
             self.report().await;
-            let idle = !retry && applier.draining().is_empty() && self.said == self.told;
+            let idle = !retry
+                && applier.draining().is_empty()
+                && old_workers == 0
+                && self.said == self.told;
             if idle {
                 if wanted.changed().await.is_err() {
                     anyhow::bail!("the ConfigMap watch ended");
@@ -269,6 +275,12 @@ impl Agent {
             self.metrics
                 .draining
                 .set(i64::try_from(applier.draining().len()).unwrap_or(i64::MAX));
+            if let Ok(p) = runtime::processes(applier.master()).await {
+                old_workers = p.old_workers.len();
+                self.metrics
+                    .old_workers
+                    .set(i64::try_from(old_workers).unwrap_or(i64::MAX));
+            }
         }
     }
 
@@ -290,6 +302,9 @@ impl Agent {
                 } else {
                     match validator.check(&next.text).await {
                         Ok(()) => {
+                            prepare_stats_file(&next.text)
+                                .await
+                                .context("prepare the stats-file")?;
                             write_whole(file, &next.text)
                                 .await
                                 .context("write the first config")?;

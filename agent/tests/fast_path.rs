@@ -49,6 +49,7 @@ fn servers(sticky: bool) -> impl Strategy<Value = Vec<String>> {
             address(),
             any::<bool>(),
             prop::option::of(0u16..=256),
+            any::<bool>(),
         ),
         0..40,
     )
@@ -57,13 +58,16 @@ fn servers(sticky: bool) -> impl Strategy<Value = Vec<String>> {
         lines
             .into_iter()
             .filter(|(name, ..)| names.insert(name.clone()))
-            .map(|(name, address, check, weight)| {
+            .map(|(name, address, check, weight, guid)| {
                 let mut line = format!("server {name} {address}");
                 if check {
                     line.push_str(" check");
                 }
                 if sticky {
                     line.push_str(&format!(" cookie {name}"));
+                }
+                if guid {
+                    line.push_str(&format!(" guid be_webapp.{name}"));
                 }
                 if let Some(w) = weight {
                     line.push_str(&format!(" weight {w}"));

@@ -175,6 +175,19 @@ fn write(path: &PathBuf, text: &str) {
     std::fs::write(path, text).expect("write the config");
 }
 
+/// Waits until the worker answering the Runtime API runs `maxconn`.
+async fn new_worker_with_maxconn(haproxy: &Haproxy, maxconn: u32) {
+    let want = format!("Maxconn: {maxconn}");
+    wait("the new worker's Runtime API", || async {
+        haproxy
+            .admin
+            .send("show info")
+            .await
+            .is_ok_and(|i| i.contains(&want))
+    })
+    .await;
+}
+
 /// HAProxy has the worker it had `before`: no reload since.
 async fn assert_no_reload(haproxy: &Haproxy, before: &runtime::Processes) {
     let after = runtime::processes(&haproxy.master)
@@ -276,14 +289,7 @@ async fn server_changes_need_no_reload_and_other_changes_reload_seamlessly() {
         .expect("show proc");
     assert_eq!(reloaded.reloads, before.reloads + 1);
     assert_ne!(reloaded.workers, before.workers);
-    wait("the admin socket of the new worker", || async {
-        haproxy
-            .admin
-            .send("show info")
-            .await
-            .is_ok_and(|i| i.contains("Maxconn: 200"))
-    })
-    .await;
+    new_worker_with_maxconn(&haproxy, 200).await;
     assert_eq!(get(port).await, "b");
     assert_eq!(
         applier.apply(&v3).await.expect("apply v3 again"),
@@ -780,4 +786,72 @@ async fn rendered_server_changes_skip_haproxy_c_anything_else_is_checked() {
     eprintln!(
         "at 1 000 servers: a rendered change applied in {fast:?} without haproxy -c, one with an option lbpool does not render in {checked:?}"
     );
+}
+
+/// `stot` (sessions in total) of `proxy`/`row` in `show stat`.
+async fn sessions(haproxy: &Haproxy, proxy: &str, row: &str) -> u64 {
+    let csv = haproxy.admin.send("show stat").await.expect("show stat");
+    csv.lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&proxy) && f.get(1) == Some(&row))
+        .and_then(|f| f.get(7)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {proxy}/{row} in {csv}"))
+}
+
+#[tokio::test]
+async fn counters_survive_a_reload_through_the_stats_file() {
+    let (dir, port, file) = setup();
+    let a = backend("a").await;
+    let stats = dir.path().join("haproxy.stats");
+    let with_counters = |maxconn: u32| {
+        config(dir.path(), port, maxconn, &[("a", a)])
+            .replace(
+                "global\n",
+                &format!("global\n    stats-file {}\n", stats.display()),
+            )
+            .replace("frontend fe\n", "frontend fe\n    guid fe\n")
+            .replace("\nbackend be_web\n", "\nbackend be_web\n    guid be_web\n")
+            .replace(" check\n", " check guid be_web.a\n")
+    };
+    let v1 = with_counters(100);
+    // What the agent does before HAProxy's first start: a stats-file
+    // without counters, which HAProxy reads without a warning.
+    lbpool_agent::apply::prepare_stats_file(&v1)
+        .await
+        .expect("prepare");
+    write(&file, &v1);
+    let check = Command::new(lbpool_checker::haproxy::test_haproxy_bin())
+        .args(["-c", "-f"])
+        .arg(&file)
+        .output()
+        .expect("haproxy -c");
+    let said = String::from_utf8_lossy(&check.stderr).into_owned()
+        + &String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success()
+            && !said.to_lowercase().contains("stats file")
+            && !said.contains("stats-file"),
+        "{said}"
+    );
+    let haproxy = start(dir.path(), &file).await;
+    let mut applier = applier_for(&haproxy, &file, &v1).await;
+    for _ in 0..5 {
+        assert_eq!(get(port).await, "a");
+    }
+    assert_eq!(sessions(&haproxy, "fe", "FRONTEND").await, 5);
+
+    // An option change: a reload, a new worker, the same counters.
+    assert!(matches!(
+        applier.apply(&with_counters(200)).await.expect("reload"),
+        Outcome::Reload(_)
+    ));
+    new_worker_with_maxconn(&haproxy, 200).await;
+    assert_eq!(
+        sessions(&haproxy, "fe", "FRONTEND").await,
+        5,
+        "kept across the reload"
+    );
+    assert_eq!(sessions(&haproxy, "be_web", "a").await, 5);
+    assert_eq!(get(port).await, "a");
+    assert_eq!(sessions(&haproxy, "fe", "FRONTEND").await, 6);
 }

@@ -28,12 +28,24 @@ pub struct Declared {
     pub runtime_api: Cow<'static, str>,
 }
 
-use lbpool_wire::{RUNTIME_API_SOCKET, STATS_ENV};
+use lbpool_wire::{RUNTIME_API_SOCKET, STATS_ENV, STATS_FILE_NAME};
 
 /// The stats page's guard: no page without both credentials. The only
 /// line that may read lbpool's variables with `env()`, and only whether
 /// they are empty.
 pub const STATS_GUARD: &str = "http-request deny deny_status 503 unless { env(STATS_USERNAME) -m len gt 0 } { env(STATS_PASSWORD) -m len gt 0 }";
+
+impl Declared {
+    /// The `stats-file` an `InPlace` config may name: [`STATS_FILE_NAME`]
+    /// beside the Runtime API socket ([`lbpool_wire::STATS_FILE`] for
+    /// lbpool's own socket).
+    pub fn stats_file(&self) -> String {
+        match self.runtime_api.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{STATS_FILE_NAME}"),
+            None => STATS_FILE_NAME.to_owned(),
+        }
+    }
+}
 
 /// lbpool's declarations.
 pub const LBPOOL: Declared = Declared {
@@ -61,6 +73,7 @@ pub fn check(config: &str, declared: &Declared) -> Result<(), Refusal> {
         rule: e.to_string(),
     })?;
     let mut section = Section::None;
+    let mut guid = false;
     for line in &lines {
         let refuse = |(word, rule): (String, String)| Refusal {
             line: line.number,
@@ -69,7 +82,16 @@ pub fn check(config: &str, declared: &Declared) -> Result<(), Refusal> {
         };
         if let Some(next) = section_start(&line.words).map_err(refuse)? {
             section = next;
+            guid = false;
             continue;
+        }
+        // HAProxy 3.0.11's `haproxy -c` dies of a second `guid` in one
+        // proxy (found here): refused, so it never gets to run.
+        if line.words[0] == "guid" {
+            if guid {
+                return Err(refuse(("guid".into(), "a section takes one guid".into())));
+            }
+            guid = true;
         }
         check_line(section, line, declared).map_err(refuse)?;
     }
@@ -364,8 +386,7 @@ fn global_refusal(keyword: &str) -> Option<&'static str> {
         | "h1-case-adjust-file"
         | "ssl-engine"
         | "ssl-dh-param-file"
-        | "issuers-chain-path"
-        | "stats-file" => "it names a file, which lbpool does not declare",
+        | "issuers-chain-path" => "it names a file, which lbpool does not declare",
         _ => return None,
     })
 }
@@ -378,8 +399,24 @@ fn global(words: &[String], declared: &Declared) -> Verdict {
     match keyword {
         "log" => log(words),
         "stats" => global_stats(words, declared),
+        "stats-file" => stats_file(words, declared),
         k if GLOBAL.contains(&k) => Ok(()),
         k => refuse(k, "not a global keyword lbpool allows"),
+    }
+}
+
+/// `stats-file` only at lbpool's path, beside the Runtime API socket: the
+/// counters the agent dumps there before a reload.
+fn stats_file(words: &[String], declared: &Declared) -> Verdict {
+    let path = words.get(1).map_or("", String::as_str);
+    let own = declared.stats_file();
+    if words.len() == 2 && path == own {
+        Ok(())
+    } else {
+        refuse(
+            path,
+            format!("a stats-file is allowed only at lbpool's {own}"),
+        )
     }
 }
 
@@ -516,6 +553,7 @@ fn proxy(words: &[String]) -> Verdict {
         "default-server" => server_options(&words[1..]),
         "log" => log(words),
         "stats" => proxy_stats(&words[1..]),
+        "guid" if words.len() == 2 && is_name(&words[1]) => Ok(()),
         "acl" => acl(words),
         "stick-table" => stick_table(&words[1..]),
         "http-check" => http_check(&words[1..]),
@@ -656,6 +694,9 @@ fn server(words: &[String]) -> Verdict {
 }
 
 fn server_options(options: &[String]) -> Verdict {
+    if options.iter().filter(|o| *o == "guid").count() > 1 {
+        return refuse("guid", "a server takes one guid");
+    }
     let mut rest = options.iter().map(String::as_str);
     while let Some(opt) = rest.next() {
         let ok = match opt {
@@ -669,7 +710,7 @@ fn server_options(options: &[String]) -> Verdict {
                 rest.next().is_some_and(is_duration)
             }
             "cookie" | "observe" | "on-error" | "on-marked-down" | "on-marked-up" | "proto"
-            | "track" => rest.next().is_some_and(is_name),
+            | "track" | "guid" => rest.next().is_some_and(is_name),
             "addr" => rest.next().is_some_and(|a| a.parse::<IpAddr>().is_ok()),
             "init-addr" | "resolvers" | "resolve-prefer" | "resolve-opts" | "resolve-net" => {
                 return refuse(opt, "servers are IP addresses: nothing is resolved");
@@ -1078,6 +1119,11 @@ mod tests {
                 "'/tmp/other.sock'",
             ),
             ("server-state-file /etc/passwd", "'server-state-file'"),
+            ("stats-file /etc/passwd", "'/etc/passwd'"),
+            (
+                "stats-file /run/haproxy/haproxy.stats extra",
+                "'/run/haproxy/haproxy.stats'",
+            ),
             ("ssl-engine rdrand", "'ssl-engine'"),
             ("insecure-fork-wanted", "'insecure-fork-wanted'"),
             ("ca-base /etc", "'ca-base'"),
@@ -1085,8 +1131,9 @@ mod tests {
             let r = refused(&format!("global\n    {line}\n"));
             assert_eq!((r.line, r.word.as_str()), (2, word), "{line}: {r}");
         }
-        let own = "global\n    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners\n";
+        let own = "global\n    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners\n    stats-file /run/haproxy/haproxy.stats\n";
         assert_eq!(check(own, &LBPOOL), Ok(()));
+        assert_eq!(LBPOOL.stats_file(), lbpool_wire::STATS_FILE);
     }
 
     #[test]
@@ -1139,6 +1186,17 @@ mod tests {
         let long = "a".repeat(500);
         let r = refused(&with(&format!("nosuchkeyword{long}")));
         assert!(r.word.len() < 100, "{}", r.word);
+    }
+    #[test]
+    fn one_guid_per_section_and_server() {
+        let proxy = "frontend fe\n    guid a\n    guid b\n";
+        let r = refused(proxy);
+        assert_eq!((r.line, r.word.as_str()), (3, "'guid'"), "{r}");
+        let server = "backend be\n    server a 10.0.0.1:80 guid x guid y\n";
+        assert_eq!(refused(server).word, "'guid'");
+        let each_once =
+            "frontend fe\n    guid a\nbackend be\n    guid b\n    server a 10.0.0.1:80 guid b.a\n";
+        assert_eq!(check(each_once, &LBPOOL), Ok(()));
     }
 }
 

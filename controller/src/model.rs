@@ -91,11 +91,14 @@ pub struct Proxy {
     /// `InPlace` only: the Runtime API socket the agent drives (admin level,
     /// handing listeners over on reloads); `null` otherwise.
     pub runtime_api: Option<&'static str>,
+    /// `InPlace` only: the `stats-file` that carries the counters of every
+    /// object with a `guid` across a reload (the agent dumps it first).
+    pub stats_file: Option<&'static str>,
 }
 
 /// Where HAProxy's Runtime API listens in an `InPlace` pod (declared, and
 /// so allowed, by the checker).
-use lbpool_wire::RUNTIME_API_SOCKET;
+use lbpool_wire::{RUNTIME_API_SOCKET, STATS_FILE};
 
 /// Name and namespace of the pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -295,6 +298,7 @@ pub fn build<S: Borrow<EndpointSlice>>(
             },
             runtime_api: (spec.reload.strategy == ReloadStrategy::InPlace)
                 .then_some(RUNTIME_API_SOCKET),
+            stats_file: (spec.reload.strategy == ReloadStrategy::InPlace).then_some(STATS_FILE),
         },
         servers: servers(port, slices, spec.sticky_session.is_some()),
     })

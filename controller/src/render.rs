@@ -67,11 +67,14 @@ struct BuiltInView<'a> {
     server_lines: String,
 }
 
-/// `    server <name> <address>:<port> check[ cookie <cookie>][ weight 0]` per
-/// server; `weight 0` is a draining server (sticky sessions only).
+/// `    server <name> <address>:<port> check[ cookie <cookie>][ guid <guid>][ weight 0]`
+/// per server; `weight 0` is a draining server (sticky sessions only), the
+/// guid is `InPlace`'s.
 /// Every value was validated for HAProxy when the model was built.
 fn server_lines(model: &Model) -> String {
     let sticky = model.proxy.sticky_session.is_some();
+    // `InPlace`: a guid, so that the server's counters survive a reload.
+    let guid = model.proxy.stats_file.is_some();
     let mut out = String::with_capacity(model.servers.len() * 64);
     for s in &model.servers {
         // `ipv6@` says which colon starts the port.
@@ -84,12 +87,36 @@ fn server_lines(model: &Model) -> String {
         if sticky {
             let _ = write!(out, " cookie {}", s.cookie);
         }
+        if guid {
+            let _ = write!(
+                out,
+                " guid {}",
+                server_guid(&model.proxy.backend_name, &s.name)
+            );
+        }
         if s.draining {
             out.push_str(" weight 0");
         }
         out.push('\n');
     }
     out
+}
+
+/// The longest `guid` HAProxy takes.
+const GUID_MAX: usize = 127;
+
+/// A server's `guid`: `<backend>.<server>`, or, when that is longer than
+/// HAProxy takes, `<backend>.<hash of the server's name>`; the same server
+/// name always gets the same guid, which is how its counters are found
+/// again after a reload.
+fn server_guid(backend: &str, server: &str) -> String {
+    let plain = format!("{backend}.{server}");
+    if plain.len() <= GUID_MAX {
+        return plain;
+    }
+    let hash = lbpool_wire::config_hash(server);
+    let hex = hash.trim_start_matches("sha256:");
+    format!("{backend}.{}", &hex[..32])
 }
 
 /// The largest config published: a ConfigMap holds at most 1 MiB in all,

@@ -347,6 +347,8 @@ pub struct HaproxyPod {
     pub runtime: f64,
     /// Configs its agent's `haproxy -c` refused.
     pub refused: f64,
+    /// HAProxy workers of earlier configs still finishing connections.
+    pub old_workers: f64,
     pub served: String,
 }
 
@@ -464,6 +466,7 @@ impl Demo {
                     reloads: counter(r#"lbpool_agent_updates_total{kind="reload"}"#),
                     runtime: counter(r#"lbpool_agent_updates_total{kind="runtime"}"#),
                     refused: counter(r#"lbpool_agent_failures_total{reason="rejected"}"#),
+                    old_workers: counter("lbpool_agent_haproxy_old_workers"),
                     served: p
                         .metadata
                         .annotations

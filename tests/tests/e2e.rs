@@ -340,3 +340,53 @@ async fn e2e_with_a_sticky_cookie_a_terminating_pod_drains_then_leaves() {
     .await;
     demo.served(2).await;
 }
+
+/// A rollout whose new HAProxy pods cannot start (an image the node does
+/// not have, a short progress deadline): `Ready=False/RolloutStuck` with
+/// the Deployment's reason once the deadline passes, while the old pods
+/// serve on; fixed, the pool is `Ready` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_rollout_whose_pods_cannot_start_is_reported() {
+    let _turn = serial().await;
+    let demo = demo().await;
+    demo.serve(2).await;
+    let image = demo
+        .haproxy()
+        .await
+        .spec
+        .template
+        .spec
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == "haproxy"))
+        .and_then(|c| c.image)
+        .expect("the HAProxy image");
+    let patch = |image: &str, deadline: u32| {
+        let p = format!(
+            r#"{{"spec":{{"progressDeadlineSeconds":{deadline},"template":{{"spec":{{"containers":[{{"name":"haproxy","image":"{image}"}}]}}}}}}}}"#
+        );
+        kubectl(&["patch", "deployment", "haproxy", "-n", NS, "-p", &p])
+            .expect("patch the HAProxy Deployment");
+    };
+    patch("lbpool.local/haproxy:no-such-tag", 15);
+    let patched = Instant::now();
+    let message = eventually(
+        "Ready=False/RolloutStuck",
+        Duration::from_secs(180),
+        || async {
+            let status = demo.env.status().await;
+            match status.conditions.iter().find(|c| c.type_ == "Ready") {
+                Some(c) if c.reason == "RolloutStuck" => Ok(c.message.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    println!(
+        "new HAProxy pods that cannot start: reported {:.1?} after the patch (progress deadline 15 s): {message}",
+        patched.elapsed()
+    );
+    assert!(message.contains("ProgressDeadlineExceeded"), "{message}");
+    let hosts = demo.hosts_through_service(10).await;
+    assert!(!hosts.is_empty(), "the old HAProxy pods serve on");
+    patch(&image, 600);
+    demo.served(2).await;
+}

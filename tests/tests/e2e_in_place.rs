@@ -401,3 +401,83 @@ async fn e2e_in_place_a_config_haproxy_cannot_load_is_refused_and_the_last_one_s
     )
     .await;
 }
+
+/// The memory of each HAProxy container (working set, MiB), from kubelet's
+/// summary API through the API server.
+fn haproxy_memory() -> BTreeMap<String, f64> {
+    let nodes =
+        lbpool_tests::kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])
+            .expect("nodes");
+    let mut out = BTreeMap::new();
+    for node in nodes.split_whitespace() {
+        let summary = lbpool_tests::kubectl(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/stats/summary"),
+        ])
+        .expect("kubelet's summary");
+        let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
+        for pod in summary["pods"].as_array().into_iter().flatten() {
+            let name = pod["podRef"]["name"].as_str().unwrap_or_default();
+            for c in pod["containers"].as_array().into_iter().flatten() {
+                if c["name"] == "haproxy" && name.starts_with("haproxy-") {
+                    let bytes = c["memory"]["workingSetBytes"].as_f64().unwrap_or_default();
+                    out.insert(name.to_owned(), bytes / 1024.0 / 1024.0);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// 20 option changes in a row with a long request open: each one seamless
+/// reload, the old workers bounded by `mworker-max-reloads 3` (so the long
+/// request ends with the worker that held it), memory printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_in_place_twenty_option_changes_keep_old_workers_few() {
+    let _turn = serial().await;
+    let demo = demo_in_place().await;
+    demo.env.set_replicas(2).await;
+    let mut served = demo.served_in_place(2).await;
+    let before = demo.haproxy_pods().await;
+    let memory_before = haproxy_memory();
+    let frontend = demo.frontend;
+    let long = tokio::spawn(async move {
+        http::get(frontend, "/slow?ms=120000", Duration::from_secs(180)).await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = Load::start(demo.frontend, 2);
+    let mut most_old = 0.0_f64;
+    for i in 1..=20 {
+        patch_pool(&format!(
+            r#"{{"spec":{{"timeouts":{{"server":"{}s"}}}}}}"#,
+            50 + i
+        ));
+        served = new_config_served(&demo, &served).await;
+        let now = demo.haproxy_pods().await;
+        most_old = now.values().map(|p| p.old_workers).fold(most_old, f64::max);
+    }
+    let report = load.stop().await;
+    let after = demo.haproxy_pods().await;
+    let memory_after = haproxy_memory();
+    let long = tokio::time::timeout(Duration::from_secs(5), long).await;
+    patch_pool(r#"{"spec":{"timeouts":{"server":"50s"}}}"#);
+    new_config_served(&demo, &served).await;
+    println!(
+        "20 option changes with a 120 s request open: {report}; at most {most_old} old worker(s) per pod; \
+         HAProxy memory (MiB) before {memory_before:.1?}, after {memory_after:.1?}; the long request: {long:?}"
+    );
+    let reloads = changes(&before, &after, |p| p.reloads);
+    assert!(
+        reloads.values().all(|r| *r == 20.0),
+        "one reload per change: {reloads:?}"
+    );
+    assert!(most_old <= 3.0, "old workers bounded: {most_old}");
+    assert_eq!(report.failed, 0, "no request of the load failed: {report}");
+    assert_eq!(identities(&before), identities(&after), "the same pods");
+    assert_eq!(
+        memory_after.len(),
+        2,
+        "both pods' memory read: {memory_after:?}"
+    );
+}

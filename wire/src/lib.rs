@@ -57,6 +57,12 @@ pub const RUNTIME_API_SOCKET: &str = "/run/haproxy/admin.sock";
 pub const MASTER_SOCKET: &str = "/run/haproxy/master.sock";
 /// The file an `InPlace` HAProxy loads, written by its agent.
 pub const CONFIG_FILE: &str = "/run/haproxy/haproxy.cfg";
+/// Where an `InPlace` HAProxy keeps its counters across reloads (its
+/// `stats-file`, which the agent writes from `dump stats-file` before each
+/// reload): beside the Runtime API socket.
+pub const STATS_FILE: &str = "/run/haproxy/haproxy.stats";
+/// The name of [`STATS_FILE`] in the Runtime API socket's directory.
+pub const STATS_FILE_NAME: &str = "haproxy.stats";
 /// The environment variables of the stats page's basic auth, set from the
 /// pool's `spec.stats.authSecret` in the HAProxy container.
 pub const STATS_ENV: [&str; 2] = ["STATS_USERNAME", "STATS_PASSWORD"];
