@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Reload benchmark: InPlace and RollingUpdate side by side on a local real
-# node of its own (root), rollout.minInterval at its minimum. Prints p50/p99
-# of the time from an EndpointSlice change to the new server UP in every
-# ready HAProxy pod (tests/src/bin/reload.rs says how it is measured).
-#   hack/reload-bench.sh [CHANGES] [ROLLING_CHANGES]     (default 200 and 20)
+# node of its own (root), each pool at the rollout.minInterval its manifests
+# give (or MIN_INTERVAL, e.g. 1ms for lbpool's path alone). Prints p50/p99/max
+# of the time from an EndpointSlice change to the new server configured, and
+# UP by its health check, in every ready HAProxy pod (tests/src/bin/reload.rs
+# says how it is measured).
+#   hack/reload-bench.sh [CHANGES] [ROLLING_CHANGES] [MIN_INTERVAL]   (default 200, 20)
 # shellcheck source=hack/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 cd "$root"
 changes=${1:-200}
 rolling=${2:-20}
+interval=()
+[ -z "${3:-}" ] || interval=(--min-interval "$3")
 
 bash hack/deps.sh
 bin=$(bash hack/build-binaries.sh | tail -n 1)
@@ -23,4 +27,4 @@ LBPOOL_KUBECONFIG=$(LBPOOL_NODE=real bash hack/local-cluster.sh up | tail -n 1)
 export LBPOOL_KUBECONFIG LBPOOL_KUBECTL="$bin/kubectl"
 cargo build --locked -p lbpool-tests --bin reload
 say "$changes InPlace changes, $rolling RollingUpdate changes"
-"$target/debug/reload" --changes "$changes" --rolling-changes "$rolling"
+"$target/debug/reload" --changes "$changes" --rolling-changes "$rolling" "${interval[@]}"
