@@ -37,9 +37,11 @@ pub enum ApplyError {
     /// The allowlist or `haproxy -c` rejected the config: nothing was applied.
     #[error("the config was rejected: {0}")]
     Rejected(String),
-    /// HAProxy failed to load it at the reload (`haproxy -c` cannot see a
-    /// port in use): the old worker serves on, the file is rolled back.
-    #[error("HAProxy failed to load the config: {0}")]
+    /// HAProxy cannot load it though `haproxy -c` accepts it: a `bind` the
+    /// pod cannot make (found before the reload), or the new worker's
+    /// failure (the master's `Success=0`, the file rolled back). The old
+    /// worker serves on.
+    #[error("HAProxy cannot load the config: {0}")]
     LoadFailed(String),
     #[error(transparent)]
     Check(ValidationError),

@@ -8,8 +8,11 @@
 //!   drain, delete, weight), anything else by a seamless reload.
 //! - [`runtime`] speaks HAProxy's Runtime API and master CLI over their
 //!   UNIX sockets.
-//! - [`apply`] puts it together: check a new config with `haproxy -c`,
-//!   apply it as planned, keep the config file in step.
+//! - [`apply`] puts it together: check a new config with `haproxy -c`
+//!   (not a change of server lines as lbpool renders them), try its new
+//!   binds, apply it as planned, keep the config file in step, roll back
+//!   what HAProxy cannot load, record what it runs and, after the agent's
+//!   own restart, verify it before reporting it.
 //! - [`run`] is the `lbpool-agent` process: the ConfigMap watch, the
 //!   report on its pod, [`metrics`] and probes.
 #![deny(warnings, rust_2018_idioms)]
