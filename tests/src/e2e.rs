@@ -222,6 +222,19 @@ impl Demo {
         self.served(n).await
     }
 
+    /// Waits until the pool's `Ready` condition has `reason` (at most
+    /// `within`); its message.
+    pub async fn ready_reason(&self, reason: &str, within: Duration) -> String {
+        eventually(&format!("Ready/{reason}"), within, || async {
+            let status = self.env.status().await;
+            match status.conditions.iter().find(|c| c.type_ == "Ready") {
+                Some(c) if c.reason == reason => Ok(c.message.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+    }
+
     /// Waits (without scaling) until HAProxy serves `n` ready pods.
     pub async fn served(&self, n: usize) -> String {
         let hash = eventually(

@@ -368,18 +368,9 @@ async fn e2e_a_rollout_whose_pods_cannot_start_is_reported() {
     };
     patch("lbpool.local/haproxy:no-such-tag", 15);
     let patched = Instant::now();
-    let message = eventually(
-        "Ready=False/RolloutStuck",
-        Duration::from_secs(180),
-        || async {
-            let status = demo.env.status().await;
-            match status.conditions.iter().find(|c| c.type_ == "Ready") {
-                Some(c) if c.reason == "RolloutStuck" => Ok(c.message.clone()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    let message = demo
+        .ready_reason("RolloutStuck", Duration::from_secs(180))
+        .await;
     println!(
         "new HAProxy pods that cannot start: reported {:.1?} after the patch (progress deadline 15 s): {message}",
         patched.elapsed()

@@ -362,18 +362,9 @@ async fn e2e_in_place_a_config_haproxy_cannot_load_is_refused_and_the_last_one_s
     let load = Load::start(demo.frontend, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     patch_pool(r#"{"spec":{"frontend":{"port":9101}}}"#);
-    let message = eventually(
-        "Ready=False/AgentRejected",
-        Duration::from_secs(120),
-        || async {
-            let status = demo.env.status().await;
-            match status.conditions.iter().find(|c| c.type_ == "Ready") {
-                Some(c) if c.reason == "AgentRejected" => Ok(c.message.clone()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    let message = demo
+        .ready_reason("AgentRejected", Duration::from_secs(120))
+        .await;
     let pods = demo.haproxy_pods().await;
     let report = load.stop().await;
     println!("a frontend on the agent's port: {message}; under load: {report}");
