@@ -35,6 +35,25 @@ fn changes(
         .collect()
 }
 
+/// Between `before` and `after` a scale-up and a scale-down: no HAProxy
+/// reloaded, each agent applied both through the Runtime API.
+fn scaled_without_a_reload(
+    before: &BTreeMap<String, HaproxyPod>,
+    after: &BTreeMap<String, HaproxyPod>,
+    what: &str,
+) {
+    let reloads = changes(before, after, |p| p.reloads);
+    assert!(
+        reloads.values().all(|r| *r == 0.0),
+        "{what}: no reload to scale: {reloads:?}"
+    );
+    let runtime = changes(before, after, |p| p.runtime);
+    assert!(
+        runtime.values().all(|r| *r >= 2.0),
+        "{what}: each agent applied the scale-up and the scale-down through the Runtime API: {runtime:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_in_place_scaling_under_load_reloads_and_restarts_nothing() {
     let _turn = serial().await;
@@ -72,16 +91,7 @@ async fn e2e_in_place_scaling_under_load_reloads_and_restarts_nothing() {
         generation,
         "the HAProxy Deployment was not rolled"
     );
-    let reloads = changes(&before, &after, |p| p.reloads);
-    assert!(
-        reloads.values().all(|r| *r == 0.0),
-        "no reload for endpoint changes: {reloads:?}"
-    );
-    let runtime = changes(&before, &after, |p| p.runtime);
-    assert!(
-        runtime.values().all(|r| *r >= 2.0),
-        "each agent applied the scale-up and the scale-down through the Runtime API: {runtime:?}"
-    );
+    scaled_without_a_reload(&before, &after, "InPlace");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,16 +344,7 @@ async fn e2e_in_place_sticky_and_source_pools_scale_without_a_reload() {
         }
         assert!(report.sent > 100, "the load ran: {report}");
         assert_eq!(report.failed, 0, "no request fails: {report}");
-        let reloads = changes(&before, &after, |p| p.reloads);
-        assert!(
-            reloads.values().all(|r| *r == 0.0),
-            "{what}: no reload to scale: {reloads:?}"
-        );
-        let runtime = changes(&before, &after, |p| p.runtime);
-        assert!(
-            runtime.values().all(|r| *r >= 2.0),
-            "{what}: each agent scaled up and down through the Runtime API: {runtime:?}"
-        );
+        scaled_without_a_reload(&before, &after, what);
         assert_eq!(identities(&before), identities(&after), "the same pods");
     }
     patch_pool(r#"{"spec":{"balance":"roundrobin"}}"#);
