@@ -13,7 +13,7 @@ use lbpool_checker::{ValidationError, Validator};
 use lbpool_wire::config_hash;
 use tracing::{info, warn};
 
-use crate::config::{Config, binds, stats_file};
+use crate::config::{self, Config, binds, stats_file};
 use crate::plan::{Change, Draining, Plan, plan, revive, split_address};
 use crate::runtime::{self, Reloaded, RuntimeError, Socket};
 
@@ -306,9 +306,10 @@ impl Applier {
         Ok(outcome)
     }
 
-    /// `haproxy -c`: a config it rejects is never applied or written.
+    /// `haproxy -c` (of [`config::sample`]): a config it rejects is never
+    /// applied or written.
     async fn check(&self, text: &str) -> Result<(), ApplyError> {
-        match self.validator.check(text).await {
+        match self.validator.check(&config::sample(text)).await {
             Ok(()) => Ok(()),
             Err(ValidationError::Rejected(message)) => Err(ApplyError::Rejected(message)),
             // The allowlist's refusal is as final as HAProxy's.

@@ -96,20 +96,69 @@ impl Config {
 
 impl Config {
     /// Whether every server line is of the narrow grammar lbpool renders
-    /// ([`Server::rendered`]) and no two servers of a backend share a
-    /// cookie. A config that differs from an accepted one only in such
-    /// lines passes `haproxy -c` too (the property test in
-    /// `tests/fast_path.rs`), so the agent applies it without the check.
+    /// ([`Server::rendered`]), no two servers of a backend share a cookie
+    /// and no `guid` is used twice in the config (HAProxy refuses that). A
+    /// config that differs from an accepted one only in such lines passes
+    /// `haproxy -c` too (the property test in `tests/fast_path.rs`), so the
+    /// agent applies it without the check, and checks a new skeleton with a
+    /// sample of its servers ([`sample`]).
     pub fn servers_rendered(&self) -> bool {
+        let mut guids: std::collections::BTreeSet<&str> = self
+            .skeleton
+            .lines()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                ["guid", g, ..] => Some(g),
+                _ => None,
+            })
+            .collect();
         self.backends.values().all(|b| {
             let mut cookies = std::collections::BTreeSet::new();
             b.unreadable.is_none()
                 && b.servers.iter().all(|(name, server)| {
                     server.rendered(name)
-                        && server.cookie().is_none_or(|c| cookies.insert(c.to_owned()))
+                        && server.cookie().is_none_or(|c| cookies.insert(c))
+                        && server.guid().is_none_or(|g| guids.insert(g))
                 })
         })
     }
+}
+
+/// How many servers of each backend [`sample`] keeps.
+pub const SAMPLE: usize = 16;
+
+/// PURE: what `haproxy -c` needs to see of `text`: all of it, unless its
+/// servers are all of lbpool's grammar ([`Config::servers_rendered`]); then
+/// the first [`SAMPLE`] servers of each backend, the other server lines
+/// blanked, so HAProxy's messages keep their line numbers. By the property
+/// test in `tests/fast_path.rs` the verdict is the same, and it costs what
+/// a small pool costs: at 10 000 servers `haproxy -c` takes over a second
+/// and about 63 MB, the agent's whole memory limit.
+pub fn sample(text: &str) -> std::borrow::Cow<'_, str> {
+    if !Config::parse(text).servers_rendered() {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len().min(64 * 1024));
+    let mut kept: Option<usize> = None;
+    for line in text.lines() {
+        match line.split_whitespace().next() {
+            Some(first) if SECTIONS.contains(&first) => {
+                kept = matches!(first, "backend" | "listen").then_some(0);
+            }
+            Some("server") => {
+                if let Some(n) = kept.as_mut() {
+                    *n += 1;
+                    if *n > SAMPLE {
+                        out.push('\n');
+                        continue;
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.into()
 }
 
 /// PURE: the addresses the `bind` lines of `text`'s frontends and
@@ -230,7 +279,16 @@ impl Server {
 
     /// The value of its `cookie` option.
     pub fn cookie(&self) -> Option<&str> {
-        let at = self.options.iter().position(|o| o == "cookie")?;
+        self.option("cookie")
+    }
+
+    /// The value of its `guid` option.
+    pub fn guid(&self) -> Option<&str> {
+        self.option("guid")
+    }
+
+    fn option(&self, keyword: &str) -> Option<&str> {
+        let at = self.options.iter().position(|o| o == keyword)?;
         self.options.get(at + 1).map(String::as_str)
     }
 }
@@ -363,6 +421,47 @@ backend be_web
         ));
         assert!(!twice.servers_rendered());
         assert!(Config::parse(CFG).servers_rendered());
+    }
+
+    #[test]
+    fn a_guid_used_twice_is_not_rendered_by_lbpool() {
+        let servers = |a: &str, b: &str| {
+            Config::parse(&format!(
+                "{CFG}    server web-3 10.0.0.3:3000 guid {a}\n    server web-4 10.0.0.4:3000 guid {b}\n"
+            ))
+        };
+        assert!(servers("be_web.web-3", "be_web.web-4").servers_rendered());
+        assert!(!servers("g", "g").servers_rendered());
+        // Nor one a proxy has.
+        let proxy = CFG.replace("    bind :8080\n", "    guid fe_http\n    bind :8080\n");
+        let c = Config::parse(&format!(
+            "{proxy}    server web-3 10.0.0.3:3000 guid fe_http\n"
+        ));
+        assert!(!c.servers_rendered());
+    }
+
+    #[test]
+    fn haproxy_checks_a_sample_of_lbpools_servers_on_the_same_lines() {
+        let many: String = (0..40)
+            .map(|i| format!("    server w-{i} 10.0.1.{i}:3000 check\n"))
+            .collect();
+        let text = format!("{CFG}{many}frontend after\n    bind :81\n");
+        let sample = sample(&text);
+        assert_eq!(sample.lines().count(), text.lines().count());
+        let kept = Config::parse(&sample);
+        assert_eq!(kept.backends["be_web"].servers.len(), SAMPLE);
+        let words = |t: &str| {
+            t.lines()
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(words(&kept.skeleton), words(&Config::parse(&text).skeleton));
+        let at = |t: &str, l: &str| t.lines().position(|x| x == l);
+        assert_eq!(at(&sample, "frontend after"), at(&text, "frontend after"));
+        // A line that is not lbpool's: all of it is checked.
+        let odd = format!("{text}backend b2\n    server x 10.0.0.1:80 send-proxy\n");
+        assert_eq!(super::sample(&odd), odd);
     }
 
     #[test]

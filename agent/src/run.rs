@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::apply::{Applier, ApplyError, Outcome, Resumed, prepare_stats_file, write_whole};
+use crate::config;
 use crate::metrics::Metrics;
 use crate::runtime::{self, Socket};
 
@@ -300,7 +301,7 @@ impl Agent {
                     self.refused(&next, why);
                     self.report().await;
                 } else {
-                    match validator.check(&next.text).await {
+                    match validator.check(&config::sample(&next.text)).await {
                         Ok(()) => {
                             prepare_stats_file(&next.text)
                                 .await

@@ -108,3 +108,33 @@ fn the_skeletons_pass_haproxy_as_they_are() {
         assert!(verdict.is_ok(), "{verdict:?}");
     }
 }
+
+/// `haproxy -c` sees a sample of a large pool's servers (the property
+/// above is why that is enough); what it says still names the line of the
+/// whole config.
+#[test]
+fn a_sampled_check_names_the_line_of_the_whole_config() {
+    let servers: Vec<String> = (0..200)
+        .map(|i| format!("server w-{i} 10.0.{}.{}:3000 check", i / 250, i % 250 + 1))
+        .collect();
+    let mut text = with_servers(SKELETONS[0], &servers);
+    // A keyword HAProxy does not know, past the blanked server lines.
+    text.push_str("    timeout tarpit-nope 1s\n");
+    let line = text.lines().count();
+    let sample = lbpool_agent::config::sample(&text);
+    assert!(
+        sample.len() < text.len() / 2,
+        "{} bytes checked",
+        sample.len()
+    );
+    let verdict = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(lbpool_checker::haproxy::test_validator().check(&sample));
+    match verdict {
+        Err(lbpool_checker::ValidationError::Refused(r)) => assert_eq!(r.line, line, "{r:?}"),
+        Err(lbpool_checker::ValidationError::Rejected(m)) => {
+            assert!(m.contains(&format!(":{line}]")), "{m}")
+        }
+        other => panic!("accepted or not checked: {other:?}"),
+    }
+}
