@@ -4,19 +4,19 @@
 # give (or MIN_INTERVAL, e.g. 1ms for lbpool's path alone). Prints p50/p99/max
 # of the time from an EndpointSlice change to the new server configured, and
 # UP by its health check, in every ready HAProxy pod (tests/src/bin/reload.rs
-# says how it is measured).
-#   hack/reload-bench.sh [CHANGES] [ROLLING_CHANGES] [MIN_INTERVAL]   (default 200, 20)
+# says how it is measured). With --servers N the pool has N servers more,
+# addresses of a network namespace of the benchmark's own.
+#   hack/reload-bench.sh [--changes N] [--rolling-changes M] [--min-interval D] [--servers S]
+#   (defaults: 200 and 20 changes, the manifests' intervals, the webapp pods)
 # shellcheck source=hack/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 cd "$root"
-changes=${1:-200}
-rolling=${2:-20}
-interval=()
-[ -z "${3:-}" ] || interval=(--min-interval "$3")
-
 bash hack/deps.sh
 bin=$(bash hack/build-binaries.sh | tail -n 1)
+# Release images, as users run them (a dev build renders and plans several
+# times slower); LBPOOL_IMAGE_PROFILE=dev for a quicker first build.
+export LBPOOL_IMAGE_PROFILE=${LBPOOL_IMAGE_PROFILE:-release}
 export LBPOOL_CLUSTER_DIR="$cache/reload-bench-cluster"
 export LBPOOL_ETCD_PORT=${LBPOOL_BENCH_ETCD_PORT:-24990}
 export LBPOOL_APISERVER_PORT=${LBPOOL_BENCH_APISERVER_PORT:-27643}
@@ -26,5 +26,7 @@ say "local control plane and a real node (builds and imports the images)"
 LBPOOL_KUBECONFIG=$(LBPOOL_NODE=real bash hack/local-cluster.sh up | tail -n 1)
 export LBPOOL_KUBECONFIG LBPOOL_KUBECTL="$bin/kubectl"
 cargo build --locked -p lbpool-tests --bin reload
-say "$changes InPlace changes, $rolling RollingUpdate changes"
-"$target/debug/reload" --changes "$changes" --rolling-changes "$rolling" "${interval[@]}"
+# The webapp answering --servers' health checks: the one the images have.
+export LBPOOL_WEBAPP_BIN="$target/$([ "$LBPOOL_IMAGE_PROFILE" = dev ] && echo debug || echo "$LBPOOL_IMAGE_PROFILE")/webapp"
+say "timing changes: ${*:-the defaults}"
+"$target/debug/reload" "$@"

@@ -13,14 +13,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn ip(args: &[&str]) {
+/// Runs `ip` with `args`; fails naming what is missing (iproute2, root).
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("the data-plane tests need iproute2 (`ip`) and root: {e}"));
+        .unwrap_or_else(|e| panic!("network namespaces need iproute2 (`ip`) and root: {e}"));
     assert!(
         out.status.success(),
-        "ip {}: {} (the data-plane tests need root to create network namespaces)",
+        "ip {}: {} (network namespaces need root)",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
