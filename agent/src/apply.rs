@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lbpool_checker::haproxy::sanitize;
 use lbpool_checker::{ValidationError, Validator};
 use lbpool_wire::config_hash;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{self, Config, binds, stats_file};
 use crate::plan::{Change, Draining, Plan, plan, revive, split_address};
@@ -248,6 +248,7 @@ impl Applier {
 
     /// Applies `text`, the next config.
     pub async fn apply(&mut self, text: &str) -> Result<Outcome, ApplyError> {
+        let started = Instant::now();
         let next = Config::parse(text);
         let outcome = match plan(&self.running, &next) {
             Plan::Noop => return Ok(Outcome::Noop),
@@ -260,8 +261,10 @@ impl Applier {
                     self.check(text).await?;
                 }
                 let changes = revive(changes, &self.draining);
+                let planned = started.elapsed();
                 match runtime::apply(&self.admin, &changes).await {
                     Ok(applied) => {
+                        let commanded = started.elapsed();
                         self.revived(&changes);
                         let removed = applied
                             .draining
@@ -269,6 +272,7 @@ impl Applier {
                             .filter_map(|(b, s)| Draining::of(&self.running, b, s));
                         self.draining.extend(removed.collect::<Vec<_>>());
                         self.write(text).await?;
+                        debug!(?planned, ?commanded, written = ?started.elapsed(), "Runtime API apply, time by phase");
                         Outcome::Runtime(changes.len())
                     }
                     // Some changes may have been made: the reload makes the
