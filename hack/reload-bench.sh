@@ -27,6 +27,8 @@ LBPOOL_KUBECONFIG=$(LBPOOL_NODE=real bash hack/local-cluster.sh up | tail -n 1)
 export LBPOOL_KUBECONFIG LBPOOL_KUBECTL="$bin/kubectl"
 cargo build --locked -p lbpool-tests --bin reload
 # The webapp answering --servers' health checks: the one the images have.
-export LBPOOL_WEBAPP_BIN="$target/$([ "$LBPOOL_IMAGE_PROFILE" = dev ] && echo debug || echo "$LBPOOL_IMAGE_PROFILE")/webapp"
+profile_dir=$LBPOOL_IMAGE_PROFILE
+[ "$profile_dir" != dev ] || profile_dir=debug
+export LBPOOL_WEBAPP_BIN="$target/$profile_dir/webapp"
 say "timing changes: ${*:-the defaults}"
 "$target/debug/reload" "$@"
