@@ -218,7 +218,7 @@ impl Applier {
             }
         };
         if !checked {
-            applier.check(&text).await?;
+            applier.check(&text, &applier.running).await?;
         }
         applier.write(&text).await?;
         applier.reload().await?;
@@ -258,7 +258,7 @@ impl Applier {
                 // fail (`tests/fast_path.rs`): no `haproxy -c`, which takes
                 // 40-60 ms at 1 000 servers and seconds at 10 000.
                 if !next.servers_rendered() {
-                    self.check(text).await?;
+                    self.check(text, &next).await?;
                 }
                 let changes = revive(changes, &self.draining);
                 let planned = started.elapsed();
@@ -294,7 +294,7 @@ impl Applier {
                 }
             }
             Plan::Reload(why) => {
-                self.check(text).await?;
+                self.check(text, &next).await?;
                 self.bindable(text)?;
                 self.write(text).await?;
                 if let Err(e) = self.reload().await {
@@ -310,10 +310,10 @@ impl Applier {
         Ok(outcome)
     }
 
-    /// `haproxy -c` (of [`config::sample`]): a config it rejects is never
-    /// applied or written.
-    async fn check(&self, text: &str) -> Result<(), ApplyError> {
-        match self.validator.check(&config::sample(text)).await {
+    /// `haproxy -c` (of [`config::sample`]; `parsed` is `text` parsed): a
+    /// config it rejects is never applied or written.
+    async fn check(&self, text: &str, parsed: &Config) -> Result<(), ApplyError> {
+        match self.validator.check(&config::sample(text, parsed)).await {
             Ok(()) => Ok(()),
             Err(ValidationError::Rejected(message)) => Err(ApplyError::Rejected(message)),
             // The allowlist's refusal is as final as HAProxy's.

@@ -126,15 +126,16 @@ impl Config {
 /// How many servers of each backend [`sample`] keeps.
 pub const SAMPLE: usize = 16;
 
-/// PURE: what `haproxy -c` needs to see of `text`: all of it, unless its
+/// PURE: what `haproxy -c` needs to see of `text` (`parsed` is
+/// `Config::parse(text)`, which the caller has at hand): all of it, unless its
 /// servers are all of lbpool's grammar ([`Config::servers_rendered`]); then
 /// the first [`SAMPLE`] servers of each backend, the other server lines
 /// blanked, so HAProxy's messages keep their line numbers. By the property
 /// test in `tests/fast_path.rs` the verdict is the same, and it costs what
 /// a small pool costs: at 10 000 servers `haproxy -c` takes over a second
 /// and about 63 MB, the agent's whole memory limit.
-pub fn sample(text: &str) -> std::borrow::Cow<'_, str> {
-    if !Config::parse(text).servers_rendered() {
+pub fn sample<'a>(text: &'a str, parsed: &Config) -> std::borrow::Cow<'a, str> {
+    if !parsed.servers_rendered() {
         return text.into();
     }
     let mut out = String::with_capacity(text.len().min(64 * 1024));
@@ -446,7 +447,7 @@ backend be_web
             .map(|i| format!("    server w-{i} 10.0.1.{i}:3000 check\n"))
             .collect();
         let text = format!("{CFG}{many}frontend after\n    bind :81\n");
-        let sample = sample(&text);
+        let sample = sample(&text, &Config::parse(&text));
         assert_eq!(sample.lines().count(), text.lines().count());
         let kept = Config::parse(&sample);
         assert_eq!(kept.backends["be_web"].servers.len(), SAMPLE);
@@ -461,7 +462,7 @@ backend be_web
         assert_eq!(at(&sample, "frontend after"), at(&text, "frontend after"));
         // A line that is not lbpool's: all of it is checked.
         let odd = format!("{text}backend b2\n    server x 10.0.0.1:80 send-proxy\n");
-        assert_eq!(super::sample(&odd), odd);
+        assert_eq!(super::sample(&odd, &Config::parse(&odd)), odd);
     }
 
     #[test]

@@ -301,7 +301,13 @@ impl Agent {
                     self.refused(&next, why);
                     self.report().await;
                 } else {
-                    match validator.check(&config::sample(&next.text)).await {
+                    match validator
+                        .check(&config::sample(
+                            &next.text,
+                            &config::Config::parse(&next.text),
+                        ))
+                        .await
+                    {
                         Ok(()) => {
                             prepare_stats_file(&next.text)
                                 .await

@@ -121,7 +121,7 @@ fn a_sampled_check_names_the_line_of_the_whole_config() {
     // A keyword HAProxy does not know, past the blanked server lines.
     text.push_str("    timeout tarpit-nope 1s\n");
     let line = text.lines().count();
-    let sample = lbpool_agent::config::sample(&text);
+    let sample = lbpool_agent::config::sample(&text, &lbpool_agent::config::Config::parse(&text));
     assert!(
         sample.len() < text.len() / 2,
         "{} bytes checked",
