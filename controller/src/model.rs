@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolSpec, ReloadStrategy, syntax};
+use lbpool_crds::{LoadBalancerPool, LoadBalancerPoolSpec, LogFormat, ReloadStrategy, syntax};
 use serde::Serialize;
 
 use crate::conditions::reason;
@@ -88,6 +88,10 @@ pub struct Proxy {
     pub stats: Option<Stats>,
     /// Timeouts in HAProxy syntax, e.g. `5s`.
     pub timeouts: Timeouts,
+    /// HAProxy's Prometheus exporter; `null` means disabled.
+    pub metrics: Option<Metrics>,
+    /// `true` for JSON access log lines, `false` for HAProxy's `httplog`.
+    pub json_log: bool,
     /// `InPlace` only: the Runtime API socket the agent drives (admin level,
     /// handing listeners over on reloads); `null` otherwise.
     pub runtime_api: Option<&'static str>,
@@ -136,6 +140,14 @@ pub struct Stats {
     pub uri: String,
     /// Basic auth from the `STATS_USERNAME` / `STATS_PASSWORD` environment variables.
     pub auth: bool,
+}
+
+/// HAProxy's Prometheus exporter, a frontend of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Metrics {
+    pub port: u16,
+    /// A plain path (`syntax::is_plain_path`), safe inside an ACL.
+    pub path: String,
 }
 
 /// Timeouts in HAProxy syntax.
@@ -290,6 +302,8 @@ pub fn build<S: Borrow<EndpointSlice>>(
             health_check: health_check(spec)?,
             sticky_session: sticky_session(spec)?,
             stats: stats(spec, &frontend)?,
+            metrics: metrics(spec, &frontend)?,
+            json_log: spec.access_log.format == LogFormat::Json,
             frontend,
             timeouts: Timeouts {
                 connect: duration(&spec.timeouts.connect, "timeouts.connect")?,
@@ -362,18 +376,36 @@ fn stats(spec: &LoadBalancerPoolSpec, frontend: &Frontend) -> Result<Option<Stat
     let Some(s) = &spec.stats else {
         return Ok(None);
     };
-    let port = tcp_port(s.port, "stats.port")?;
-    if port == frontend.port {
-        return Err(InvalidPool::spec(
-            "stats.port",
-            port,
-            "different from frontend.port",
-        ));
-    }
+    let port = port_apart(s.port, "stats.port", &[(frontend.port, "frontend.port")])?;
     Ok(Some(Stats {
         port,
         uri: checked(&s.uri, "stats.uri", syntax::is_http_path, "an HTTP path")?,
         auth: s.auth_secret.is_some(),
+    }))
+}
+
+fn metrics(
+    spec: &LoadBalancerPoolSpec,
+    frontend: &Frontend,
+) -> Result<Option<Metrics>, InvalidPool> {
+    let m = &spec.metrics;
+    if !m.enabled {
+        return Ok(None);
+    }
+    let mut taken = vec![(frontend.port, "frontend.port")];
+    // An invalid stats.port fails on its own, in `stats`.
+    if let Some(stats) = spec.stats.as_ref().and_then(|s| u16::try_from(s.port).ok()) {
+        taken.push((stats, "stats.port"));
+    }
+    let port = port_apart(m.port, "metrics.port", &taken)?;
+    Ok(Some(Metrics {
+        port,
+        path: checked(
+            &m.path,
+            "metrics.path",
+            syntax::is_plain_path,
+            "a plain HTTP path",
+        )?,
     }))
 }
 
@@ -415,6 +447,19 @@ fn tcp_port(value: i32, field: &str) -> Result<u16, InvalidPool> {
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| InvalidPool::spec(field, value, "a port from 1 to 65535"))
+}
+
+/// A TCP port that none of `taken` (port, field) already is.
+fn port_apart(value: i32, field: &str, taken: &[(u16, &str)]) -> Result<u16, InvalidPool> {
+    let port = tcp_port(value, field)?;
+    match taken.iter().find(|(p, _)| *p == port) {
+        Some((_, other)) => Err(InvalidPool::spec(
+            field,
+            port,
+            &format!("different from {other}"),
+        )),
+        None => Ok(port),
+    }
 }
 
 fn small(value: i32, field: &str) -> Result<u8, InvalidPool> {
@@ -775,6 +820,24 @@ pub(crate) mod tests {
             ),
             // A DNS name, but too long for the ConfigMap's label.
             (|p| p.metadata.name = Some("p".repeat(64)), "metadata.name"),
+            (
+                |p| p.spec.metrics.port = 80,
+                "spec.metrics.port: 80 is not different from frontend.port",
+            ),
+            (
+                |p| {
+                    p.spec.stats = Some(lbpool_crds::Stats {
+                        port: 8405,
+                        uri: "/".into(),
+                        auth_secret: None,
+                    })
+                },
+                "spec.metrics.port: 8405 is not different from stats.port",
+            ),
+            (
+                |p| p.spec.metrics.path = "/metrics(x)".into(),
+                "spec.metrics.path",
+            ),
         ];
         for (mutate, field) in cases {
             let mut p = pool();

@@ -4,7 +4,8 @@
 //! rewrites the files; review the diff.
 
 use lbpool_crds::{
-    Balance, CheckMethod, HealthCheck, LoadBalancerPool, ReloadStrategy, Stats, StickySession,
+    Balance, CheckMethod, HealthCheck, LoadBalancerPool, LogFormat, ReloadStrategy, Stats,
+    StickySession,
 };
 
 use lbpool_checker::Validator;
@@ -117,6 +118,20 @@ fn cases() -> Vec<Case> {
             3,
         ),
         ("frontend-port", |p| p.spec.frontend.port = 8080, 3),
+        ("metrics-off", |p| p.spec.metrics.enabled = false, 3),
+        (
+            "metrics-port",
+            |p| {
+                p.spec.metrics.port = 9405;
+                p.spec.metrics.path = "/haproxy/metrics".into();
+            },
+            3,
+        ),
+        (
+            "json-log",
+            |p| p.spec.access_log.format = LogFormat::Json,
+            3,
+        ),
         ("no-backends", lab, 0),
     ]
 }

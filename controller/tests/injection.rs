@@ -17,7 +17,9 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use lbpool_checker::{HaproxyValidator, Validator};
 use lbpool_controller::model::{self, BackendPort, Model};
 use lbpool_controller::render::{Renderer, Template};
-use lbpool_crds::{Balance, CheckMethod, HealthCheck, LoadBalancerPool, Stats, StickySession};
+use lbpool_crds::{
+    Balance, CheckMethod, HealthCheck, LoadBalancerPool, LogFormat, Stats, StickySession,
+};
 use proptest::prelude::*;
 
 /// Strings meant to break out of an HAProxy word or line.
@@ -119,6 +121,8 @@ prop_compose! {
         cookie in proptest::option::of(or_hostile("[A-Za-z0-9_.-]{1,16}")),
         stats in proptest::option::of((port(), path(), any::<bool>())),
         timeouts in (duration(), duration(), duration()),
+        metrics in (any::<bool>(), port(), prop_oneof![or_hostile("/[A-Za-z0-9._~/-]{0,12}"), path()]),
+        json in any::<bool>(),
         name in or_hostile("[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?){0,3}"),
         namespace in or_hostile("[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"),
     ) -> LoadBalancerPool {
@@ -132,6 +136,8 @@ prop_compose! {
         spec.sticky_session = cookie.map(|cookie| StickySession { cookie });
         spec.stats = stats.map(|(port, uri, auth)| Stats { port, uri, auth_secret: auth.then(|| "auth".into()) });
         (spec.timeouts.connect, spec.timeouts.client, spec.timeouts.server) = timeouts;
+        (spec.metrics.enabled, spec.metrics.port, spec.metrics.path) = metrics;
+        spec.access_log.format = if json { LogFormat::Json } else { LogFormat::Httplog };
         pool
     }
 }
@@ -141,7 +147,10 @@ fn words(line: &[&str]) -> Option<usize> {
     Some(match (line[0], line.get(1).copied()) {
         ("global" | "defaults", _) => 1,
         ("log", Some("global")) => 2,
-        ("log", _) => 5,
+        ("log", _) => 7,
+        ("unique-id-format", _) => 2,
+        // lbpool's JSON format: a quoted constant, split at its spaces.
+        ("log-format", Some("\"%{+json}o")) => line.len(),
         (
             "maxconn" | "hard-stop-after" | "mode" | "listen" | "bind" | "frontend"
             | "default_backend" | "backend" | "balance",
@@ -158,6 +167,8 @@ fn words(line: &[&str]) -> Option<usize> {
         {
             line.len()
         }
+        ("http-request", Some("set-log-level")) => 3,
+        ("http-request", Some("use-service")) => 8,
         ("http-request", _) => 4,
         ("cookie", _) => 5,
         ("hash-type", _) => 2,
@@ -177,12 +188,15 @@ fn assert_exact_directives(model: &Model, text: &str) {
     let p = &model.proxy;
     // `listen`, bind, enable, uri; with auth the guard and `stats auth`.
     let stats = p.stats.as_ref().map_or(0, |s| 4 + 2 * usize::from(s.auth));
-    // global 4, defaults 9, frontend 3, backend 4, then what the options add.
+    // `frontend metrics`, bind, silent, the exporter.
+    let metrics = if p.metrics.is_some() { 4 } else { 0 };
+    // global 4, defaults 9, frontend 5, backend 4, then what the options add.
     let expected = 4
         + 9
-        + 3
+        + 5
         + 4
         + stats
+        + metrics
         + if p.health_check.is_some() { 2 } else { 0 }
         + usize::from(p.sticky_session.is_some())
         // `balance source` comes with `hash-type consistent`.

@@ -69,6 +69,34 @@ pub const GROUP: &str = "lbpool.dev";
         json_path = ".status.lastRolloutTime"
     ),
     printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.reload.strategy",
+        description = "how a new config reaches HAProxy",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Serving",
+        type_ = "integer",
+        json_path = ".status.haproxy.updatedReplicas",
+        description = "HAProxy pods serving the Served revision",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Pods",
+        type_ = "integer",
+        json_path = ".status.haproxy.replicas",
+        description = "HAProxy pods the Deployment should run",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Metrics",
+        type_ = "integer",
+        json_path = ".spec.metrics.port",
+        description = "port of HAProxy's Prometheus exporter on each HAProxy pod",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -79,6 +107,12 @@ pub const GROUP: &str = "lbpool.dev";
 #[x_kube(validation = Rule::new("!has(self.stats) || self.stats.port != self.frontend.port")
     .message("stats.port must differ from frontend.port")
     .field_path(".stats.port"))]
+#[x_kube(validation = Rule::new("!self.metrics.enabled || self.metrics.port != self.frontend.port")
+    .message("metrics.port must differ from frontend.port")
+    .field_path(".metrics.port"))]
+#[x_kube(validation = Rule::new("!self.metrics.enabled || !has(self.stats) || self.metrics.port != self.stats.port")
+    .message("metrics.port must differ from stats.port")
+    .field_path(".metrics.port"))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerPoolSpec {
     /// Where the backends come from: the ready endpoints of a Service in the pool's namespace.
@@ -110,6 +144,14 @@ pub struct LoadBalancerPoolSpec {
     /// HAProxy timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
+
+    /// HAProxy's own Prometheus exporter, on every HAProxy pod.
+    #[serde(default)]
+    pub metrics: Metrics,
+
+    /// HAProxy's access log, one line per request on the HAProxy pods' stdout.
+    #[serde(default)]
+    pub access_log: AccessLog,
 
     /// A user template replacing the built-in one. When absent, the built-in template is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +354,69 @@ fn default_stats_port() -> i32 {
 }
 fn default_stats_uri() -> String {
     "/".into()
+}
+
+/// HAProxy's built-in Prometheus exporter (`prometheus-exporter`), a
+/// frontend of its own: the traffic of the pool's frontend, backend and
+/// each server, and HAProxy's process.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Metrics {
+    /// Serve the exporter. On by default.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// TCP port of the exporter.
+    #[serde(default = "default_metrics_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Path of the exporter: starts with `/`; letters, digits and `-._~/` only.
+    #[serde(default = "default_metrics_path")]
+    #[schemars(length(min = 1, max = 256), pattern(syntax::PLAIN_PATH))]
+    pub path: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: default_metrics_port(),
+            path: default_metrics_path(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_metrics_port() -> i32 {
+    8405
+}
+fn default_metrics_path() -> String {
+    "/metrics".into()
+}
+
+/// HAProxy's access log.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLog {
+    /// `httplog` (HAProxy's own HTTP format, the default) or `json` (one
+    /// JSON object a line). Either way each request carries an id, sent to
+    /// the backend as `X-Request-ID` and logged.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// The format of an access log line.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Httplog,
+    Json,
 }
 
 /// HAProxy timeouts; durations like `5s`, `500ms`, `1m`.

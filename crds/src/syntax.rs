@@ -16,6 +16,9 @@ pub const DNS_SUBDOMAIN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// An HTTP path (with optional query) that is one HAProxy word.
 pub const HTTP_PATH: &str = "^/[A-Za-z0-9._~!&()*+,;=:@%/?-]*$";
+/// A plain HTTP path: unreserved characters and `/`, no query. Safe inside
+/// an ACL (`{ path /metrics }`), where `(`, `)` and `,` would not be.
+pub const PLAIN_PATH: &str = "^/[A-Za-z0-9._~/-]*$";
 /// An HAProxy duration with a unit, positive, at most about four days so that
 /// HAProxy's timers cannot overflow.
 pub const DURATION: &str = "^([1-9][0-9]{0,5}(ms|s)|[1-9][0-9]{0,3}m|[1-9][0-9]?h)$";
@@ -51,6 +54,13 @@ pub fn is_http_path(s: &str) -> bool {
     s.starts_with('/')
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._~!&()*+,;=:@%/?-".contains(c))
+}
+
+/// [`PLAIN_PATH`].
+pub fn is_plain_path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._~/-".contains(c))
 }
 
 /// [`COOKIE_NAME`].
@@ -102,6 +112,7 @@ mod tests {
             ("DNS_LABEL", DNS_LABEL, |s| is_dns_label(s)),
             ("DNS_SUBDOMAIN", DNS_SUBDOMAIN, |s| is_dns_subdomain(s)),
             ("HTTP_PATH", HTTP_PATH, is_http_path),
+            ("PLAIN_PATH", PLAIN_PATH, is_plain_path),
             ("COOKIE_NAME", COOKIE_NAME, is_cookie_name),
             ("CONFIG_MAP_KEY", CONFIG_MAP_KEY, is_config_map_key),
             ("DURATION", DURATION, |s| parse_duration(s).is_some()),

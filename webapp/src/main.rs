@@ -1,7 +1,8 @@
 //! The demo backend, like the lab's node.js app: `GET /` answers JSON with the
 //! host name, the address the request arrived on, and a view counter kept per
 //! session (cookie `webapp_session`) in this process. `GET /slow?ms=N` does the
-//! same after N ms. `GET /healthz` answers 200 while the process serves,
+//! same after N ms. Each answer also carries the `X-Request-ID` the request
+//! arrived with (HAProxy's id of it, also in its access log), `null` when none. `GET /healthz` answers 200 while the process serves,
 //! until `POST /fail-readiness` makes it answer 503 for good (how the
 //! end-to-end tests make a pod's real readiness probe fail); SIGTERM drains
 //! and exits.
@@ -52,6 +53,8 @@ struct Answer {
     address: String,
     session: String,
     views: u64,
+    /// The request's `X-Request-ID`, as received.
+    request_id: Option<String>,
 }
 
 fn session_of(headers: &HeaderMap) -> Option<String> {
@@ -97,6 +100,10 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResp
         address: app.address.clone(),
         session,
         views,
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
     (out, Json(answer))
 }
@@ -135,6 +142,7 @@ async fn fail_readiness(State(app): State<Arc<App>>) -> Json<Answer> {
         address: app.address.clone(),
         session: String::new(),
         views: 0,
+        request_id: None,
     })
 }
 
