@@ -20,6 +20,20 @@ struct Reason {
     reason: &'static str,
 }
 
+/// The kinds of [`Metrics::applied`] and the reasons of [`Metrics::failed`],
+/// each exported from the start (at 0), so that a rate or an alert on one
+/// has a series before the first event.
+const KINDS: [&str; 3] = ["runtime", "reload", "noop"];
+const REASONS: [&str; 7] = [
+    "rejected",
+    "load",
+    "unpublished",
+    "check",
+    "write",
+    "reload",
+    "report",
+];
+
 /// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -67,6 +81,12 @@ impl Default for Metrics {
             "HAProxy workers of earlier configs still finishing their connections (show proc)",
             old_workers.clone(),
         );
+        for kind in KINDS {
+            drop(updates.get_or_create(&Kind { kind }));
+        }
+        for reason in REASONS {
+            drop(failures.get_or_create(&Reason { reason }));
+        }
         Self {
             updates,
             failures,
@@ -81,11 +101,13 @@ impl Default for Metrics {
 impl Metrics {
     /// A config applied: `kind` is `runtime`, `reload` or `noop`.
     pub fn applied(&self, kind: &'static str, took: Duration) {
+        debug_assert!(KINDS.contains(&kind), "{kind}: add it to KINDS");
         self.updates.get_or_create(&Kind { kind }).inc();
         self.apply.observe(took.as_secs_f64());
     }
 
     pub fn failed(&self, reason: &'static str) {
+        debug_assert!(REASONS.contains(&reason), "{reason}: add it to REASONS");
         self.failures.get_or_create(&Reason { reason }).inc();
     }
 
@@ -127,5 +149,18 @@ mod tests {
             text.contains("lbpool_agent_apply_seconds_count 3"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_kind_and_reason_is_exported_before_it_happens() {
+        let text = Metrics::default().encode();
+        for kind in KINDS {
+            let line = format!("lbpool_agent_updates_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        for reason in REASONS {
+            let line = format!("lbpool_agent_failures_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
     }
 }

@@ -54,6 +54,21 @@ struct Reason {
     reason: &'static str,
 }
 
+/// One pool, as the per-pool gauges label it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Pool {
+    namespace: String,
+    pool: String,
+}
+
+/// HAProxy pods of a pool, by whether they serve its current revision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolPods {
+    namespace: String,
+    pool: String,
+    revision: &'static str,
+}
+
 /// The controller's metrics. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -71,6 +86,12 @@ pub struct Metrics {
     pub remembered_pools: Gauge,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge,
+    /// Per pool: 1 while its status says `Ready`.
+    pool_ready: Family<Pool, Gauge>,
+    /// Per pool: 1 while a new config waits for `rollout.minInterval`.
+    pool_pending: Family<Pool, Gauge>,
+    /// Per pool: its HAProxy pods serving the current revision, and the others.
+    pool_pods: Family<PoolPods, Gauge>,
     registry: Arc<Registry>,
 }
 
@@ -78,10 +99,16 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("lbpool");
         let reconciles = Family::<Outcome, Counter>::default();
+        // Both results from the start (at 0): an error rate has a series
+        // before the first error.
+        for result in ["ok", "error"] {
+            drop(reconciles.get_or_create(&Outcome { result }));
+        }
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let (updates, errors, conflicts, requests) = Default::default();
         let (rollouts, invalid) = Default::default();
         let (remembered_pools, leader) = Default::default();
+        let (pool_ready, pool_pending, pool_pods) = Default::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -128,7 +155,25 @@ impl Default for Metrics {
             "1 while this replica is the leader and reconciles",
             Gauge::clone(&leader),
         );
+        registry.register(
+            "pool_ready",
+            "1 while the pool's status is Ready (HAProxy serves its current config), else 0",
+            Family::clone(&pool_ready),
+        );
+        registry.register(
+            "pool_rollout_pending",
+            "1 while a new config of the pool waits for rollout.minInterval (RolloutPending), else 0",
+            Family::clone(&pool_pending),
+        );
+        registry.register(
+            "pool_haproxy_pods",
+            "HAProxy pods of the pool by revision: current (serving the published config) or older",
+            Family::clone(&pool_pods),
+        );
         Self {
+            pool_ready,
+            pool_pending,
+            pool_pods,
             reconciles,
             duration,
             updates,
@@ -169,6 +214,54 @@ impl Metrics {
     pub fn api_request<B>(&self, request: &http::Request<B>) {
         let verb = verb_of(request.method(), request.uri());
         self.requests.get_or_create(&Request { verb }).inc();
+    }
+
+    /// The gauges of one pool, from the status just computed for it.
+    pub fn pool(&self, namespace: &str, pool: &str, status: &lbpool_crds::LoadBalancerPoolStatus) {
+        let is = |type_: &str| {
+            i64::from(
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True"),
+            )
+        };
+        let labels = Pool {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        };
+        self.pool_ready
+            .get_or_create(&labels)
+            .set(is(crate::conditions::kind::READY));
+        self.pool_pending
+            .get_or_create(&labels)
+            .set(is(crate::conditions::kind::ROLLOUT_PENDING));
+        let (current, all) = status.haproxy.as_ref().map_or((0, 0), |h| {
+            (h.updated_replicas, h.replicas.max(h.updated_replicas))
+        });
+        for (revision, n) in [("current", current), ("older", all - current)] {
+            let labels = PoolPods {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                revision,
+            };
+            self.pool_pods.get_or_create(&labels).set(i64::from(n));
+        }
+    }
+
+    /// A pool that is gone: its gauges go too.
+    pub fn forget_pool(&self, namespace: &str, pool: &str) {
+        let (namespace, pool) = (namespace.to_owned(), pool.to_owned());
+        for revision in ["current", "older"] {
+            self.pool_pods.remove(&PoolPods {
+                namespace: namespace.clone(),
+                pool: pool.clone(),
+                revision,
+            });
+        }
+        let labels = Pool { namespace, pool };
+        self.pool_pending.remove(&labels);
+        self.pool_ready.remove(&labels);
     }
 
     /// The text exposition format.
@@ -286,5 +379,35 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_pool_has_gauges_until_it_is_forgotten() {
+        let m = Metrics::default();
+        let mut status: lbpool_crds::LoadBalancerPoolStatus =
+            serde_json::from_value(serde_json::json!({
+                "haproxy": {"replicas": 3, "updatedReplicas": 1, "readyReplicas": 3},
+                "conditions": [{"type": "Ready", "status": "False", "reason": "RollingOut",
+                    "message": "", "lastTransitionTime": "2026-12-02T00:00:00Z"}],
+            }))
+            .unwrap();
+        m.pool("demo", "webapp", &status);
+        let text = m.encode();
+        for line in [
+            r#"lbpool_pool_ready{namespace="demo",pool="webapp"} 0"#,
+            r#"lbpool_pool_rollout_pending{namespace="demo",pool="webapp"} 0"#,
+            r#"lbpool_pool_haproxy_pods{namespace="demo",pool="webapp",revision="current"} 1"#,
+            r#"lbpool_pool_haproxy_pods{namespace="demo",pool="webapp",revision="older"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        status.conditions[0].status = "True".into();
+        m.pool("demo", "webapp", &status);
+        assert!(
+            m.encode()
+                .contains(r#"lbpool_pool_ready{namespace="demo",pool="webapp"} 1"#)
+        );
+        m.forget_pool("demo", "webapp");
+        assert!(!m.encode().contains("webapp"), "{}", m.encode());
     }
 }

@@ -106,6 +106,8 @@ impl Context {
     /// Drops what this process remembers of a pool that is gone.
     pub fn forget(&self, pool: &ObjectRef<LoadBalancerPool>) {
         self.memory.forget(pool);
+        self.metrics
+            .forget_pool(pool.namespace.as_deref().unwrap_or_default(), &pool.name);
         self.count_remembered();
     }
 
@@ -562,7 +564,12 @@ async fn write(
         let ev = event(EventType::Normal, "ConfigValid", "Render", note.clone());
         publish_event(ctx, pool, ev);
     }
-    if let Some(status) = plan::status(pool, &input, &plan, served.as_ref()) {
+    let status = plan::status(pool, &input, &plan, served.as_ref());
+    // The gauges also of a status that did not change (after a restart).
+    if let Some(s) = status.as_ref().or(pool.status.as_ref()) {
+        ctx.metrics.pool(&apis.ns, &pool.name_any(), s);
+    }
+    if let Some(status) = status {
         write_status(pool, apis, status).await?;
     }
     Ok(Action::requeue(plan.requeue))
@@ -677,6 +684,7 @@ async fn report_invalid(
         publish_event(ctx, pool, ev);
     }
     let status = status::invalid(pool, invalid, &Time(whole_second_before(Timestamp::now())));
+    ctx.metrics.pool(&apis.ns, &pool.name_any(), &status);
     write_status(pool, apis, status).await
 }
 
