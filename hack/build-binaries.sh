@@ -4,6 +4,7 @@
 #   control plane  etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 #   simulated nodes kwok, kwokctl
 #   a real node    kubelet, kube-proxy, containerd (+ containerd-shim-runc-v2, ctr)
+#   monitoring     prometheus (Kubernetes and static discovery only), promtool
 # A binary already in the cache for the pinned version is reused, so a warm
 # run takes well under a second.
 # shellcheck source=hack/lib.sh
@@ -102,13 +103,29 @@ build_containerd() {
   done
 }
 
+build_prometheus() {
+  if have prometheus promtool; then say "prometheus $PROMETHEUS_VERSION: cached"; return; fi
+  # The module's go.mod has no replace lines: go install pkg@version works.
+  # Only Kubernetes (and static/file/http) discovery: a smaller build. No
+  # web UI assets (they are not in the module); the HTTP API needs none.
+  # Module v0.316.0 is Prometheus 3.16.0.
+  local pkg=github.com/prometheus/prometheus minor=${PROMETHEUS_VERSION#v0.}
+  minor=$((${minor%%.*} - 300))
+  say "prometheus $PROMETHEUS_VERSION: building prometheus and promtool (a cold build takes several minutes)"
+  GOBIN="$bin" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.$minor.${PROMETHEUS_VERSION##*.}" \
+    "$pkg/cmd/prometheus@$PROMETHEUS_VERSION" "$pkg/cmd/promtool@$PROMETHEUS_VERSION" ||
+    die "go install prometheus failed"
+}
+
 start=$(date +%s)
 build_etcd
 build_kwok
 build_kubernetes
 build_containerd
+build_prometheus
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl \
-  kubelet kube-proxy containerd containerd-shim-runc-v2 ctr; do
+  kubelet kube-proxy containerd containerd-shim-runc-v2 ctr prometheus promtool; do
   [ -x "$bin/$b" ] || die "$b is missing from $bin after the build"
 done
 say "all binaries ready in $bin ($(($(date +%s) - start))s)"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test:
-#   - unit, golden and injection tests (real haproxy -c), mock-API tests;
+#   - unit, golden and injection tests (real haproxy -c), mock-API tests,
+#     promtool's tests of the alerts;
 #   - the API, flow, hardening and data-plane tiers against a local control
 #     plane with simulated (kwok) nodes;
-#   - the end-to-end tier (tests/tests/e2e.rs, e2e_in_place.rs) on a local real node
+#   - the end-to-end tier (tests/tests/e2e.rs, e2e_in_place.rs, e2e_monitoring.rs) on a local real node
 #     (containerd, kubelet, kube-proxy): the shipped manifests, images built
 #     without Docker, traffic through the HAProxy Service.
 # Each cluster is torn down at the end; the real node's teardown is checked
@@ -48,6 +49,7 @@ bash hack/local-cluster.sh down >/dev/null 2>&1 || true
 export LBPOOL_KUBECTL="$bin/kubectl"
 export LBPOOL_CONTROLLER_BIN="$target/debug/lbpool-controller"
 export LBPOOL_WEBAPP_BIN="$target/debug/webapp"
+export LBPOOL_PROMTOOL="$bin/promtool" LBPOOL_PROMETHEUS="$bin/prometheus"
 export LBPOOL_TEST_ARTIFACTS="$artifacts"
 
 say "4/6 local control plane with simulated nodes; cargo test (unit, golden, injection, mock API, API, flow, hardening, data plane)"
@@ -61,7 +63,7 @@ LBPOOL_KUBECONFIG=$(LBPOOL_NODE=real bash hack/local-cluster.sh up | tail -n 1)
 export LBPOOL_KUBECONFIG
 
 say "6/6 end-to-end tier on the real node (the shipped manifests, traffic through the Service)"
-cargo test -p lbpool-tests --locked --test e2e --test e2e_in_place -- --test-threads=1 --nocapture
+cargo test -p lbpool-tests --locked --test e2e --test e2e_in_place --test e2e_monitoring -- --test-threads=1 --nocapture
 # Teardown is part of the test: it fails if the node left anything behind.
 bash hack/local-cluster.sh down
 say "all tests passed in $(($(date +%s) - started))s"

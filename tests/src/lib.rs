@@ -24,6 +24,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod e2e;
 pub mod http;
+pub mod monitoring;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -32,7 +33,7 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn required_env(name: &str, what: &str) -> String {
+pub fn required_env(name: &str, what: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: this test needs {what}. Run hack/test.sh, which starts the local control plane and sets it.")
     })
