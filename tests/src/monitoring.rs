@@ -216,6 +216,33 @@ scrape_configs:
         Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
 
+    /// The result of a range query from `start` to `end` (Unix seconds),
+    /// one point per `step` seconds: each series' labels and values.
+    pub fn query_range(
+        &self,
+        expr: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let out = curl(&[
+            &format!("http://127.0.0.1:{}/api/v1/query_range", self.port),
+            "--data-urlencode",
+            &format!("query={expr}"),
+            "--data-urlencode",
+            &format!("start={start}"),
+            "--data-urlencode",
+            &format!("end={end}"),
+            "--data-urlencode",
+            &format!("step={step}"),
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{expr}: {out}"));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
     /// The one value of a query whose result is one sample.
     pub fn value(&self, expr: &str) -> Result<f64, String> {
         let result = self.query(expr)?;

@@ -6,13 +6,49 @@
 //! generator sent; afterwards every dashboard query and every metric an
 //! alert reads must match series, and every rule evaluates. The demo
 //! pool's JSON access log parses line by line and carries the request id
-//! the webapp received. `hack/test.sh` runs this tier after `e2e_in_place.rs`.
+//! the webapp received. The panels' data over the run is written to
+//! `$LBPOOL_TEST_ARTIFACTS/dashboard-data.json`, from which
+//! `hack/dashboard-png.py` draws the README's picture of the dashboard.
+//! `hack/test.sh` runs this tier after `e2e_in_place.rs`.
 
 use std::time::Duration;
 
 use lbpool_tests::e2e::{Load, NS, demo_in_place, serial};
 use lbpool_tests::monitoring::{Prometheus, alerts, dashboard_queries, selectors, with_variables};
 use lbpool_tests::{admin_kubeconfig, eventually, http, kubectl};
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+/// Each panel's queries over `start..end` (a 5 s rate window, one point a
+/// second), for `hack/dashboard-png.py`.
+fn write_panel_data(prometheus: &Prometheus, queries: &[(String, String)], start: f64, end: f64) {
+    let panels: Vec<serde_json::Value> = queries
+        .iter()
+        .filter(|(panel, _)| !panel.starts_with("variable "))
+        .map(|(panel, expr)| {
+            let expr = with_variables(expr, NS, "webapp", "5s");
+            let series = prometheus
+                .query_range(&expr, start, end, 1.0)
+                .unwrap_or_else(|e| panic!("{panel}: {e}"));
+            serde_json::json!({"panel": panel, "expr": expr, "series": series})
+        })
+        .collect();
+    let dir = std::env::var("LBPOOL_TEST_ARTIFACTS").map_or_else(
+        |_| lbpool_tests::repo().join("target/test-artifacts"),
+        Into::into,
+    );
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    let path = std::path::Path::new(&dir).join("dashboard-data.json");
+    let data = serde_json::json!({"start": start, "end": end, "panels": panels});
+    std::fs::write(&path, serde_json::to_string(&data).expect("JSON"))
+        .expect("write the panels' data");
+    println!("the dashboard's data over the run: {}", path.display());
+}
 
 const REQUESTS: &str =
     r#"sum(haproxy_backend_http_requests_total{namespace="demo", proxy="be_webapp"})"#;
@@ -78,6 +114,7 @@ async fn e2e_monitoring_prometheus_counts_the_traffic_and_every_query_matches() 
     )
     .await;
     let before = settled_requests(&prometheus, "the request count before the load").await;
+    let started = unix_now();
 
     let load = Load::start(demo.frontend, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -155,6 +192,7 @@ async fn e2e_monitoring_prometheus_counts_the_traffic_and_every_query_matches() 
         queries.len(),
         rules.len()
     );
+    write_panel_data(&prometheus, &queries, started - 10.0, unix_now());
 
     // The JSON access log: every access line parses, one carries the id.
     let mut lines = 0;
@@ -172,7 +210,13 @@ async fn e2e_monitoring_prometheus_counts_the_traffic_and_every_query_matches() 
     }
     let entry = found
         .unwrap_or_else(|| panic!("no access log line has request_id {id} ({lines} lines read)"));
-    println!("{lines} JSON access log lines parsed; the test's request: {entry}");
+    // HAProxy drops a log line rather than wait for a slow reader.
+    let dropped = prometheus
+        .value(r#"sum(haproxy_process_dropped_logs_total{namespace="demo"})"#)
+        .unwrap_or(f64::NAN);
+    println!(
+        "{lines} JSON access log lines parsed ({dropped} dropped by HAProxy); the test's request: {entry}"
+    );
     assert_eq!(entry["status"], 200, "{entry}");
     assert_eq!(entry["frontend"], "fe_http", "{entry}");
     assert_eq!(entry["backend"], "be_webapp", "{entry}");
