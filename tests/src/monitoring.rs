@@ -204,16 +204,7 @@ scrape_configs:
 
     /// The result of an instant query (`data.result`), or why there is none.
     pub fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
-        let out = curl(&[
-            &format!("http://127.0.0.1:{}/api/v1/query", self.port),
-            "--data-urlencode",
-            &format!("query={expr}"),
-        ])?;
-        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-        if v["status"] != "success" {
-            return Err(format!("{expr}: {out}"));
-        }
-        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+        self.api("query", expr, &[])
     }
 
     /// The result of a range query from `start` to `end` (Unix seconds),
@@ -225,17 +216,26 @@ scrape_configs:
         end: f64,
         step: f64,
     ) -> Result<Vec<serde_json::Value>, String> {
-        let out = curl(&[
-            &format!("http://127.0.0.1:{}/api/v1/query_range", self.port),
-            "--data-urlencode",
-            &format!("query={expr}"),
-            "--data-urlencode",
-            &format!("start={start}"),
-            "--data-urlencode",
-            &format!("end={end}"),
-            "--data-urlencode",
-            &format!("step={step}"),
-        ])?;
+        let params = [("start", start), ("end", end), ("step", step)];
+        self.api("query_range", expr, &params)
+    }
+
+    /// `/api/v1/<endpoint>` with `query=expr` and `params`: `data.result`.
+    fn api(
+        &self,
+        endpoint: &str,
+        expr: &str,
+        params: &[(&str, f64)],
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let mut args = vec![
+            format!("http://127.0.0.1:{}/api/v1/{endpoint}", self.port),
+            "--data-urlencode".to_owned(),
+            format!("query={expr}"),
+        ];
+        for (name, value) in params {
+            args.extend(["--data-urlencode".to_owned(), format!("{name}={value}")]);
+        }
+        let out = curl(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
         if v["status"] != "success" {
             return Err(format!("{expr}: {out}"));
